@@ -1,0 +1,9 @@
+"""The SageMaker side of hyperplane: the `train` and `serve` entry points and everything between them
+and the model package (config files, channels, HTTP). It knows SageMaker's contract, never the math.
+
+    paths.py            where things live under /opt/ml (or SAGEMAKER_BASE_DIR)
+    hyperparameters.py  SageMaker's string hyperparameters -> model.config.TrainingConfig
+    channels.py         channel folders (CSV, gzip, JSON Lines) -> model.table.Table
+    train.py            `train`: config -> channels -> fit -> artifact, metrics, failure file
+    serve.py            `serve`: gunicorn with the Flask app in serving/
+"""

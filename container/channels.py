@@ -1,0 +1,207 @@
+"""Channel folders -> one Table per channel: train (or training), optional validation and test.
+
+Every file below a channel folder is read, in sorted path order, except hidden files. Formats:
+- CSV, with or without a header row (`csv_header=auto` calls the first row a header when all its cells
+  are words and some column below it holds numbers; `present`/`absent` decide it outright). Headerless
+  columns are named c0, c1, ... and the target is then c0 unless told otherwise.
+- JSON Lines: one object per line (keys are column names) or one array per line (positional, like CSV).
+- Either one gzip-compressed, recognised by its magic bytes whatever the file is called.
+A channel's ContentType (inputdataconfig.json) picks the format when given; otherwise the file name, and
+failing that the first character, does. Row labels name the file and line for error messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from container.errors import JobError
+from container.paths import SageMakerPaths
+from model.errors import DataError
+from model.schema import parse_number
+from model.table import Cell, Table
+
+log = logging.getLogger(__name__)
+
+TRAIN_NAMES = ("train", "training")
+KNOWN_CHANNELS = (*TRAIN_NAMES, "validation", "test")
+CSV_TYPES = {"text/csv", "csv", "text/x-csv", "application/csv"}
+JSONLINES_TYPES = {"application/jsonlines", "application/json-lines", "application/x-jsonlines",
+                   "application/jsonl", "application/x-ndjson", "application/json"}
+HEADER_SNIFF_ROWS = 50
+
+
+class ChannelError(JobError):
+    pass
+
+
+@dataclass(frozen=True)
+class Channels:
+    train: Table
+    validation: Table | None
+    test: Table | None
+
+
+def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None, csv_header: str) -> Channels:
+    """Reads the channels listed in inputdataconfig.json, or the folders under input/data without one."""
+    configs = dict(input_config) if input_config is not None else _discover(paths)
+    unknown = sorted(set(configs) - set(KNOWN_CHANNELS))
+    if unknown:
+        raise ChannelError(f"unknown channel {unknown[0]!r}; hyperplane reads the channels train (or "
+                           "training), validation and test")
+    named = [name for name in TRAIN_NAMES if name in configs]
+    if not named:
+        raise ChannelError("no training data: give a channel named 'train' (or 'training')")
+    if len(named) > 1:
+        raise ChannelError("both 'train' and 'training' channels were given; use one of them")
+    tables = {name: read_channel(paths.channel(name), name, configs[name] or {}, csv_header)
+              for name in configs}
+    train = tables[named[0]]
+    return Channels(train, *(_aligned(tables.get(name), train, name) for name in ("validation", "test")))
+
+
+def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv_header: str) -> Table:
+    mode = config.get("TrainingInputMode", "File")
+    if mode == "Pipe":
+        raise ChannelError(f"channel {name!r} uses Pipe input mode; hyperplane reads File or FastFile mode")
+    if not folder.is_dir():
+        raise ChannelError(f"channel {name!r} has no data: the folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ChannelError(f"channel {name!r} is empty: no files in {folder}")
+    content_type = str(config.get("ContentType") or "").split(";")[0].strip().lower()
+    if content_type and content_type not in CSV_TYPES | JSONLINES_TYPES:
+        raise ChannelError(f"channel {name!r} has ContentType {content_type!r}; hyperplane reads text/csv and "
+                           "application/jsonlines (either one gzip-compressed)")
+    tables = [table for path in files
+              if (table := _read_file(path, path.relative_to(folder.parent), content_type, csv_header))]
+    if not tables:
+        raise ChannelError(f"channel {name!r} has no rows: its files in {folder} are empty")
+    return _stack(tables, name)
+
+
+def _read_file(path: pathlib.Path, label: pathlib.PurePath, content_type: str,
+               csv_header: str) -> Table | None:
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8-sig")
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as error:
+        raise ChannelError(f"cannot read {label}: {error}") from error
+    if not text.strip():
+        log.warning("skipping empty file %s", label)
+        return None
+    if _is_jsonlines(path, text, content_type):
+        return _parse_jsonlines(text, label)
+    return _parse_csv(text, label, csv_header)
+
+
+def _is_jsonlines(path: pathlib.Path, text: str, content_type: str) -> bool:
+    if content_type:
+        return content_type in JSONLINES_TYPES
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    if suffixes and suffixes[-1] in (".jsonl", ".json", ".ndjson"):
+        return True
+    if suffixes and suffixes[-1] in (".csv", ".txt"):
+        return False
+    return text.lstrip()[:1] == "{"
+
+
+def _parse_csv(text: str, label: pathlib.PurePath, csv_header: str) -> Table:
+    numbered = [(number, row) for number, row in enumerate(csv.reader(io.StringIO(text)), start=1) if row]
+    first = numbered[0][1]
+    has_header = (csv_header == "present" or
+                  (csv_header == "auto" and _looks_like_header(first, [r for _, r in numbered[1:]])))
+    body = numbered[1:] if has_header else numbered
+    names = [cell.strip() for cell in first] if has_header else [f"c{i}" for i in range(len(first))]
+    if has_header and len(set(names)) != len(names):
+        raise ChannelError(f"{label}: the header row names a column twice: {', '.join(first)}")
+    try:
+        return Table.from_rows(names, [row for _, row in body], [f"{label} line {n}" for n, _ in body])
+    except DataError as error:
+        raise ChannelError(str(error)) from error
+
+
+def _looks_like_header(first: list[str], rest: list[list[str]]) -> bool:
+    if any(not cell.strip() or parse_number(cell) is not None for cell in first):
+        return False
+    sample = rest[:HEADER_SNIFF_ROWS]
+    return any(parse_number(row[i]) is not None for row in sample for i in range(min(len(row), len(first))))
+
+
+def _parse_jsonlines(text: str, label: pathlib.PurePath) -> Table:
+    records: list[dict[str, Cell]] = []
+    rows: list[list[Cell]] = []
+    labels = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ChannelError(f"{label} line {number}: not valid JSON ({error.msg})") from error
+        if isinstance(value, dict):
+            records.append(value)
+        elif isinstance(value, list):
+            rows.append(value)
+        else:
+            raise ChannelError(f"{label} line {number}: expected a JSON object or array, got {line.strip()[:40]}")
+        labels.append(f"{label} line {number}")
+        if records and rows:
+            raise ChannelError(f"{label} line {number}: mixes JSON objects and arrays; use one form per file")
+    for cells in (*records, *rows):
+        for cell in (cells.values() if isinstance(cells, dict) else cells):
+            if isinstance(cell, dict | list):
+                raise ChannelError(f"{label}: nested value {json.dumps(cell)[:40]} where a single value "
+                                   "belongs")
+    try:
+        if records:
+            return Table.from_records(records, labels)
+        return Table.from_rows([f"c{i}" for i in range(len(rows[0]))], rows, labels)
+    except DataError as error:
+        raise ChannelError(str(error)) from error
+
+
+def _stack(tables: list[Table], name: str) -> Table:
+    named = [table for table in tables if not _positional(table)]
+    reference = named[0] if named else tables[0]
+    names = reference.names
+    for table in tables:
+        if table.names != names:
+            if _positional(table) and len(table.names) == len(names):
+                continue
+            raise ChannelError(f"channel {name!r}: {table.label(0).rsplit(' line', 1)[0]} has columns "
+                               f"{', '.join(table.names)} but {reference.label(0).rsplit(' line', 1)[0]} has "
+                               f"{', '.join(names)}")
+    return Table.concat([_renamed(table, names) for table in tables])
+
+
+def _aligned(table: Table | None, train: Table, name: str) -> Table | None:
+    """A headerless validation or test channel takes the training column names, position for position."""
+    if table is None or table.names == train.names:
+        return table
+    if _positional(table) and len(table.names) == len(train.names):
+        return _renamed(table, train.names)
+    raise ChannelError(f"the {name} channel has columns {', '.join(table.names)} but the training channel "
+                       f"has {', '.join(train.names)}")
+
+
+def _positional(table: Table) -> bool:
+    return table.names == [f"c{i}" for i in range(len(table.names))]
+
+
+def _renamed(table: Table, names: list[str]) -> Table:
+    return Table(dict(zip(names, table.columns.values(), strict=True)), table.row_labels)
+
+
+def _discover(paths: SageMakerPaths) -> dict[str, Any]:
+    data = paths.root / "input" / "data"
+    return {p.name: {} for p in sorted(data.iterdir()) if p.is_dir()} if data.is_dir() else {}

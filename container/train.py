@@ -1,0 +1,105 @@
+"""`train`: the SageMaker training entry point (`docker run IMAGE train`, or the image's default command).
+
+    SAGEMAKER_BASE_DIR=/tmp/job train      # outside a container: a folder laid out like /opt/ml
+
+Reads input/config/*.json, the channels under input/data, fits the model and writes
+- model/hyperplane-regressor.pt   the artifact (the only thing the serving image needs),
+- output/data/metrics.json        train/validation/test metrics,
+- output/failure                  on failure: one sentence naming the cause, then (for bugs) the traceback.
+Every epoch logs one `key=value` line that SageMaker metric_definitions can match (see the README).
+Exit codes: 0 success, 2 a problem with the configuration or data, 1 a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+import time
+import traceback
+from typing import Any
+
+from container.channels import read_channels
+from container.errors import EXIT_INTERNAL_ERROR, JobError
+from container.hyperparameters import parse_hyperparameters
+from container.paths import SageMakerPaths
+from model import artifact
+from model.errors import DataError
+from model.training import EpochReport, fit
+
+log = logging.getLogger("hyperplane.train")
+FAILURE_REASON_LIMIT = 1024   # SageMaker shows this much of output/failure as the job's FailureReason
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    sys.exit(run(SageMakerPaths.from_environ()))
+
+
+def run(paths: SageMakerPaths) -> int:
+    try:
+        train(paths)
+    except (JobError, DataError) as error:
+        report_failure(paths, f"{error}")
+        return getattr(error, "exit_code", JobError.exit_code)
+    except Exception as error:  # the boundary: anything else is a bug, reported with its traceback
+        report_failure(paths, f"Unexpected error ({type(error).__name__}: {error}); this is a bug in "
+                              "hyperplane, please report it with the traceback below.", traceback.format_exc())
+        return EXIT_INTERNAL_ERROR
+    return 0
+
+
+def train(paths: SageMakerPaths) -> None:
+    started = time.monotonic()
+    config = parse_hyperparameters(_read_json(paths.hyperparameters) or {})
+    resources = _read_json(paths.resource_config) or {}
+    hosts = sorted(resources.get("hosts") or ["algo-1"])
+    current = resources.get("current_host", hosts[0])
+    log.info("host %s of %s; hyperparameters: %s", current, ", ".join(hosts), json.dumps(config.to_dict()))
+    if current != hosts[0]:
+        # Multi-host training is not built yet: the leader trains alone and the others end at once, so
+        # no worker outlives the leader (local mode stops the job when the first container exits).
+        log.warning("multi-host training is not supported yet: %s leaves the training to %s", current, hosts[0])
+        return
+    channels = read_channels(paths, _read_json(paths.input_data_config), config.csv_header)
+    log.info("read %d training rows x %d columns%s%s", channels.train.n_rows, len(channels.train.names),
+             f", {channels.validation.n_rows} validation rows" if channels.validation else "",
+             f", {channels.test.n_rows} test rows" if channels.test else "")
+    result = fit(channels.train, config, channels.validation, channels.test, on_epoch=_log_epoch)
+    path = artifact.save(result.regressor, paths.model_dir)
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {**result.metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    (paths.output_data_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for split, values in result.metrics.items():
+        print(" ".join(f"{split}_{key}={value:.6g}" for key, value in values.items() if key != "rows"),
+              flush=True)
+    log.info("best epoch %d of %d; model written to %s in %.1f s", result.best_epoch, result.epochs_run, path,
+             time.monotonic() - started)
+
+
+def report_failure(paths: SageMakerPaths, reason: str, details: str = "") -> None:
+    """Writes output/failure (reason first: SageMaker shows its first 1024 characters) and logs it."""
+    reason = " ".join(reason.split())   # one line, whatever the error message held
+    text = f"{reason}\n\n{details}" if details else f"{reason}\n"
+    log.error("training failed: %s%s", reason, f"\n{details}" if details else "")
+    try:
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
+        paths.failure_file.write_text(text)
+    except OSError as error:
+        log.error("could not write %s: %s", paths.failure_file, error)
+
+
+def _log_epoch(report: EpochReport) -> None:
+    print(f"epoch={report.epoch} train_loss={report.train_loss:.6g} validation_loss={report.validation_loss:.6g} "
+          f"validation_rmse={report.validation_rmse:.6g}", flush=True)
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise JobError(f"cannot read {path.name}: {error}") from error

@@ -1,0 +1,101 @@
+"""Table: named columns of raw cell values, the one shape every reader and codec produces.
+
+Cells stay raw (str, int, float, bool or None) until preprocessing interprets them with the schema, so
+a reader never has to guess types and an error can quote the value it rejected. Each row can carry a
+label ("train/cars.csv line 18") that error messages use to point at the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.errors import DataError
+
+Cell = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class Table:
+    """Columns in order; every column is a 1-D object array of the same length."""
+
+    columns: dict[str, np.ndarray]
+    row_labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        lengths = {len(values) for values in self.columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns differ in length: {sorted(lengths)}")
+
+    @classmethod
+    def from_rows(cls, names: Sequence[str], rows: Sequence[Sequence[Cell]],
+                  row_labels: Sequence[str] | None = None) -> Table:
+        """Builds a table from positional rows; every row must have exactly len(names) cells."""
+        width = len(names)
+        for index, row in enumerate(rows):
+            if len(row) != width:
+                label = row_labels[index] if row_labels is not None else f"row {index + 1}"
+                raise DataError(f"expected {width} values, found {len(row)}", row=label)
+        grid = np.empty((len(rows), width), dtype=object)
+        if rows:
+            grid[:] = rows
+        labels = np.asarray(row_labels, dtype=object) if row_labels is not None else None
+        return cls({name: grid[:, i] for i, name in enumerate(names)}, labels)
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Cell]],
+                     row_labels: Sequence[str] | None = None) -> Table:
+        """Builds a table from mappings; a key absent from a record reads as a missing value."""
+        names: dict[str, None] = {}
+        for record in records:
+            names.update(dict.fromkeys(record))
+        rows = [[record.get(name) for name in names] for record in records]
+        return cls.from_rows(list(names), rows, row_labels)
+
+    @classmethod
+    def concat(cls, tables: Iterable[Table]) -> Table:
+        """Stacks tables that have the same columns in the same order."""
+        parts = list(tables)
+        names = list(parts[0].columns)
+        columns = {name: np.concatenate([part.columns[name] for part in parts]) for name in names}
+        labels = np.concatenate([part.labels() for part in parts])
+        return cls(columns, labels)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def n_rows(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def labels(self) -> np.ndarray:
+        """One label per row: the source position if known, else 'row N' (1-based)."""
+        if self.row_labels is not None:
+            return self.row_labels
+        return np.array([f"row {i + 1}" for i in range(self.n_rows)], dtype=object)
+
+    def label(self, index: int) -> str:
+        return str(self.row_labels[index]) if self.row_labels is not None else f"row {index + 1}"
+
+    def take(self, indices: np.ndarray) -> Table:
+        labels = self.labels()[indices]
+        return Table({name: values[indices] for name, values in self.columns.items()}, labels)
+
+    def select(self, names: Sequence[str]) -> Table:
+        return Table({name: self.columns[name] for name in names}, self.row_labels)
+
+    def without(self, name: str) -> Table:
+        return Table({key: values for key, values in self.columns.items() if key != name}, self.row_labels)
+
+    def fingerprint(self) -> str:
+        """sha256 of the column names and cell values, independent of row labels and file layout."""
+        digest = hashlib.sha256()
+        for name, values in self.columns.items():
+            digest.update(name.encode() + b"\x1f")
+            for cell in values:
+                digest.update(repr(cell).encode() + b"\x1e")
+        return digest.hexdigest()
