@@ -1,0 +1,142 @@
+"""The HTTP layer: `create_app(settings, source)` builds the Flask app one gunicorn worker serves.
+
+    GET  /ping                   200 (empty) once every worker has loaded the model and warmed up, else
+                                 503; it only reads a flag and lists the readiness folder
+    POST /invocations            Content-Type -> codecs.decode -> Predictor -> codecs.encode by Accept
+    GET  /execution-parameters   {"MaxConcurrentTransforms": n, "BatchStrategy": "MULTI_RECORD",
+                                  "MaxPayloadInMB": m}
+
+Routes stay thin: formats live in codecs.py, the model in predictor.py. Every error, expected (werkzeug
+HTTPException: 400/406/413/415/503) or not (a bug: logged with its traceback, answered 500 without it),
+is rendered by one handler as JSON. One log line per request (`hyperplane.access`, key=value, never the
+payload); /ping lines only with HYPERPLANE_LOG_PING=true.
+
+In-process use (tests): `create_app(settings, LoadedPredictor(Predictor(regressor))).test_client()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
+
+from container.serving import codecs
+from container.serving.attributes import HEADER, parse_custom_attributes, response_attributes
+from container.serving.errors import InvalidInput, error_body
+from container.serving.predictor import Predictor
+from container.serving.settings import ServingSettings
+from model.errors import DataError
+
+log = logging.getLogger("hyperplane.serve")
+access_log = logging.getLogger("hyperplane.access")
+
+
+class PredictorSource(Protocol):
+    def current(self) -> Predictor | None:
+        """The worker's predictor, or None while it is loading."""
+
+    def ready(self) -> bool:
+        """What /ping reports: this worker and all its siblings can predict."""
+
+
+class LoadedPredictor:
+    """A source whose predictor is already loaded (tests, single-process use)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def current(self) -> Predictor | None:
+        return self.predictor
+
+    def ready(self) -> bool:
+        return True
+
+
+def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
+    app = Flask("hyperplane")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.get("/ping")
+    def ping() -> Response:
+        if source.ready():
+            return Response(status=200)
+        raise ServiceUnavailable("the model is loading")
+
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return jsonify({"MaxConcurrentTransforms": settings.max_concurrent_transforms,
+                        "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": settings.max_payload_mb})
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        g.custom_attributes = parse_custom_attributes(request.headers.get(HEADER))
+        predictor = source.current()
+        if predictor is None:
+            raise ServiceUnavailable("the model is loading; retry when /ping answers 200")
+        mimetype = request.mimetype
+        codecs.require_input_type(mimetype, request.content_type or "", predictor.schema)   # before the body
+        response_type = codecs.response_type(request.accept_mimetypes, mimetype)
+        body = _read_body(settings.max_payload_bytes)
+        with predictor.lock:
+            try:
+                table = codecs.decode(body, mimetype, request.mimetype_params, predictor.schema)
+                g.rows = table.n_rows
+                payload = codecs.encode(predictor.predict(table), response_type)
+            except DataError as error:
+                raise InvalidInput.from_data_error(error) from None
+        response = Response(payload, mimetype=response_type)
+        response.headers[HEADER] = response_attributes(predictor.version)
+        return response
+
+    @app.errorhandler(Exception)
+    def render_error(error: Exception) -> Response:
+        if not isinstance(error, HTTPException):
+            log.error("unexpected error on %s %s", request.method, request.path, exc_info=error)
+            error = InternalServerError("unexpected server error; the server log has the details")
+        if isinstance(error, RequestEntityTooLarge):
+            error.description = (f"the request body is larger than {settings.max_payload_mb} MiB "
+                                 "(SAGEMAKER_MAX_PAYLOAD_IN_MB); split it into smaller requests")
+        response = jsonify(error_body(error))
+        response.status_code = error.code or 500
+        for name, value in error.get_headers():   # e.g. Allow on 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        if request.path != "/ping" or settings.log_ping:
+            latency_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+            access_log.info("method=%s path=%s status=%d rows=%s latency_ms=%.1f content_type=%s "
+                            "accept=%s response_type=%s bytes_in=%s",
+                            request.method, request.path, response.status_code,
+                            g.get("rows", "-"), latency_ms, request.mimetype or "-",
+                            _quoted(request.headers.get("Accept", "-")), response.mimetype or "-",
+                            request.content_length if request.content_length is not None else "-")
+        return response
+
+    return app
+
+
+def _read_body(limit: int | None) -> bytes:
+    """The whole body, or 413 beyond `limit`. With a Content-Length werkzeug checks it before reading; a
+    chunked body is read to one byte past the limit here, because werkzeug's limited stream would stop
+    quietly at the limit and hand back a truncated body."""
+    if request.content_length is not None or limit is None:
+        return request.get_data(cache=False)
+    body = request.input_stream.read(limit + 1)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
+
+
+def _quoted(value: str) -> str:
+    return f'"{value}"' if " " in value or "," in value else value

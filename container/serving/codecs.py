@@ -1,0 +1,270 @@
+"""Request bodies to a model.table.Table, predictions to response bodies; no Flask, no model weights.
+
+Inputs (media type matched case-insensitively, parameters allowed; rows are labelled "row N", 1-based):
+    text/csv               one row per line in training column order (target left out); a first line that
+                           names the features is a header, and then columns may come in any order; the
+                           `header=present|absent` parameter overrides the detection. Empty field = missing.
+    application/json       {"instances": [...]}, each a list in training order or an object keyed by
+                           feature name (null = missing); a bare top-level list is read as instances; MLflow's
+                           {"dataframe_split": {"columns": [...], "data": [[...]]}} and
+                           {"dataframe_records": [{...}]}. An object must name every feature.
+    application/jsonlines  one instance (list or object) per line.
+    application/x-npy      all-numeric models only: a 1-D (one row) or 2-D numeric array, no pickles.
+Outputs, one record per input row, in order:
+    text/csv               one prediction per line          application/jsonlines  {"prediction": x} per line
+    application/json       {"predictions": [x, ...]}
+Every line of a CSV or JSON Lines response ends with a newline. Numbers are written with Python's
+shortest round-trip repr, so a client reads back exactly the float64 the model computed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from werkzeug.datastructures import MIMEAccept
+
+from container.serving.errors import InvalidInput, not_acceptable, unsupported_content_type
+from model.table import Cell, Table
+
+CSV = "text/csv"
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+NPY = "application/x-npy"
+OUTPUT_TYPES = (CSV, JSON, JSONLINES)
+JSON_FORMS = ("instances", "dataframe_split", "dataframe_records")
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """What the codecs need to know about the model: its feature order, target and kind."""
+
+    feature_names: tuple[str, ...]
+    target: str
+    numeric_only: bool
+
+    @property
+    def input_types(self) -> list[str]:
+        return [CSV, JSON, JSONLINES, *([NPY] if self.numeric_only else [])]
+
+
+def decode(body: bytes, mimetype: str, params: Mapping[str, str], schema: InputSchema) -> Table:
+    """The rows in `body`; 415 for a type this model cannot read, 400 (InvalidInput) for a bad body."""
+    require_input_type(mimetype, mimetype, schema)
+    if not body.strip():
+        raise InvalidInput("the request body is empty; send at least one row")
+    if mimetype == NPY:
+        return _decode_npy(body, schema)
+    text = _text(body, params.get("charset", "utf-8"))
+    if mimetype == CSV:
+        return _decode_csv(text, params.get("header", "auto").lower(), schema)
+    if mimetype == JSON:
+        return _decode_json(_parse_json(text), schema)
+    return _decode_jsonlines(text, schema)
+
+
+def require_input_type(mimetype: str, content_type: str, schema: InputSchema) -> None:
+    """415 unless this model reads `mimetype` (the media type of the full `content_type` header)."""
+    if mimetype not in schema.input_types:
+        note = "; application/x-npy needs a model whose features are all numeric" if mimetype == NPY else ""
+        raise unsupported_content_type(content_type, schema.input_types, note)
+
+
+def response_type(accept: MIMEAccept, request_type: str) -> str:
+    """The Accept entry with the highest q-value; without Accept or for */*, the request's own format
+    (JSON for x-npy requests). Parameters on Accept entries (charset) are ignored; 406 if nothing fits."""
+    preferred = request_type if request_type in OUTPUT_TYPES else JSON
+    entries = [(value.split(";")[0].strip().lower(), quality) for value, quality in accept]
+    if not entries:
+        return preferred
+    best = MIMEAccept(entries).best_match([preferred, *(t for t in OUTPUT_TYPES if t != preferred)])
+    if best is None:
+        raise not_acceptable(", ".join(value for value, _ in accept), list(OUTPUT_TYPES))
+    return best
+
+
+def encode(predictions: np.ndarray, mimetype: str) -> bytes:
+    values = [float(value) for value in predictions]
+    for index, value in enumerate(values):
+        if not math.isfinite(value):
+            raise InvalidInput(f"the prediction is {value} (the input lies far outside the training data)",
+                               row=index + 1)
+    if mimetype == CSV:
+        text = "".join(f"{value!r}\n" for value in values)
+    elif mimetype == JSON:
+        text = json.dumps({"predictions": values})
+    else:
+        text = "".join(json.dumps({"prediction": value}) + "\n" for value in values)
+    return text.encode()
+
+
+def _text(body: bytes, charset: str) -> str:
+    try:
+        decoder = codecs.lookup(charset)
+    except LookupError:
+        raise unsupported_content_type(f"charset={charset}", ["utf-8 or another known charset"]) from None
+    try:
+        text = body.decode("utf-8-sig" if decoder.name == "utf-8" else decoder.name)
+    except UnicodeDecodeError as error:
+        raise InvalidInput(f"the body is not valid {charset} text (byte {error.start})") from None
+    return text
+
+
+def _labels(count: int) -> list[str]:
+    return [f"row {i}" for i in range(1, count + 1)]
+
+
+def _table(names: Sequence[str], rows: list[list[Cell]]) -> Table:
+    if not rows:
+        raise InvalidInput("the request holds no rows")
+    return Table.from_rows(list(names), rows, _labels(len(rows)))
+
+
+def _decode_csv(text: str, header: str, schema: InputSchema) -> Table:
+    if header not in ("auto", "present", "absent"):
+        raise InvalidInput(f"the Content-Type parameter header={header!r} must be present or absent")
+    reader = csv.reader(io.StringIO(text.rstrip("\r\n")), strict=True)
+    try:
+        rows = cast(list[list[Cell]], list(reader))
+    except csv.Error as error:
+        raise InvalidInput(f"malformed CSV: {error}", row=reader.line_num) from None
+    if header == "present" or (header == "auto" and rows and _names_features(rows[0], schema)):
+        names = [str(cell).strip() for cell in rows[0]]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise InvalidInput(f"the header names {duplicates[0]!r} twice", feature=duplicates[0])
+        return _table(names, rows[1:])
+    return _table(schema.feature_names, rows)
+
+
+def _names_features(first_row: Sequence[Cell], schema: InputSchema) -> bool:
+    """A header names features (or the target) in at least half of its cells; data rows never do."""
+    known = {*schema.feature_names, schema.target}
+    return sum(str(cell).strip() in known for cell in first_row) * 2 >= len(first_row) > 0
+
+
+def _parse_json(text: str, row: int | None = None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}" if row is None else f"column {error.colno}"
+        raise InvalidInput(f"malformed JSON: {error.msg} at {where}", row=row) from None
+
+
+def _decode_json(document: Any, schema: InputSchema) -> Table:
+    if isinstance(document, list):
+        return _from_instances(document, schema)
+    forms = [key for key in JSON_FORMS if isinstance(document, dict) and key in document]
+    if len(forms) != 1:
+        found = f"an object with keys {', '.join(map(repr, document))}" if isinstance(document, dict) \
+            else f"a JSON {type(document).__name__}"
+        raise InvalidInput('a JSON body is {"instances": [...]}, {"dataframe_split": {"columns": [...], '
+                           '"data": [[...]]}} or {"dataframe_records": [{...}]}; got ' + found)
+    value = document[forms[0]]
+    if forms[0] == "dataframe_split":
+        return _from_split(value, schema)
+    if not isinstance(value, list):
+        raise InvalidInput(f'"{forms[0]}" must be a list of rows')
+    if forms[0] == "dataframe_records" and not all(isinstance(item, dict) for item in value):
+        bad = next(i for i, item in enumerate(value, start=1) if not isinstance(item, dict))
+        raise InvalidInput('each of "dataframe_records" must be an object keyed by feature name', row=bad)
+    return _from_instances(value, schema)
+
+
+def _decode_jsonlines(text: str, schema: InputSchema) -> Table:
+    instances = []
+    for number, line in enumerate(text.rstrip().split("\n"), start=1):
+        if not line.strip():
+            raise InvalidInput("the line is empty; JSON Lines needs one instance per line", row=number)
+        instances.append(_parse_json(line, row=number))
+    return _from_instances(instances, schema)
+
+
+def _from_instances(instances: list[Any], schema: InputSchema) -> Table:
+    names = schema.feature_names
+    rows: list[list[Cell]] = []
+    for number, instance in enumerate(instances, start=1):
+        if isinstance(instance, dict):
+            row = _record_row(instance, number, schema)
+        elif isinstance(instance, list):
+            if len(instance) != len(names):
+                raise InvalidInput(f"expected {len(names)} values in training order "
+                                   f"({', '.join(names)}), found {len(instance)}", row=number)
+            row = instance
+        elif len(names) == 1 and not isinstance(instance, dict | list):
+            row = [instance]
+        else:
+            raise InvalidInput("an instance must be a list of values in training order or an object "
+                               "keyed by feature name", row=number)
+        rows.append([_cell(value, number, name) for value, name in zip(row, names, strict=True)])
+    return _table(names, rows)
+
+
+def _record_row(record: dict[str, Any], number: int, schema: InputSchema) -> list[Any]:
+    for key in record:
+        if key not in schema.feature_names:
+            hint = " (it is the target, which inputs must leave out)" if key == schema.target else ""
+            raise InvalidInput(f"unknown feature {key!r}{hint}; the features are "
+                               f"{', '.join(schema.feature_names)}", row=number, feature=key)
+    for name in schema.feature_names:
+        if name not in record:
+            raise InvalidInput(f"missing feature {name!r} (use null for a missing value)",
+                               row=number, feature=name)
+    return [record[name] for name in schema.feature_names]
+
+
+def _from_split(split: Any, schema: InputSchema) -> Table:
+    if not isinstance(split, dict) or not isinstance(split.get("data"), list):
+        raise InvalidInput('"dataframe_split" must be an object with "data" (a list of rows) and '
+                           'optionally "columns"')
+    columns = split.get("columns", list(schema.feature_names))
+    if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
+        raise InvalidInput('"dataframe_split" "columns" must be a list of feature names')
+    duplicates = sorted({name for name in columns if columns.count(name) > 1})
+    if duplicates:
+        raise InvalidInput(f'"columns" names {duplicates[0]!r} twice', feature=duplicates[0])
+    rows: list[list[Cell]] = []
+    for number, row in enumerate(split["data"], start=1):
+        if not isinstance(row, list):
+            raise InvalidInput('each row of "data" must be a list', row=number)
+        if len(row) != len(columns):
+            raise InvalidInput(f"expected {len(columns)} values (one per column), found {len(row)}",
+                               row=number)
+        rows.append([_cell(value, number, name) for value, name in zip(row, columns, strict=True)])
+    return _table(columns, rows)
+
+
+def _cell(value: Any, row: int, feature: str) -> Cell:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise InvalidInput(f"expected a number, a string or null, got {json.dumps(value)[:80]}",
+                       row=row, feature=feature)
+
+
+def _decode_npy(body: bytes, schema: InputSchema) -> Table:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise InvalidInput(f"the body is not a readable .npy array without pickles: {error}") from None
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput("the body is an .npz archive; send one .npy array")
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(f"expected a numeric array, got dtype {array.dtype}")
+    if array.ndim == 1:
+        array = array[None, :]
+    names = schema.feature_names
+    if array.ndim != 2 or array.shape[1] != len(names):
+        raise InvalidInput(f"expected a 1-D array of {len(names)} values or a 2-D array of shape "
+                           f"(rows, {len(names)}), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise InvalidInput("the request holds no rows")
+    numbers = array.astype(np.float64)
+    return Table({name: numbers[:, i].astype(object) for i, name in enumerate(names)},
+                 np.asarray(_labels(len(numbers)), dtype=object))
