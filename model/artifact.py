@@ -52,7 +52,10 @@ def load(location: pathlib.Path) -> Regressor:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a damaged or foreign file
-        raise ArtifactError(f"{path} is not a readable artifact: {error}") from error
+        # torch's own text goes on to suggest weights_only=False, which is exactly what must not happen.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ArtifactError(f"{path} is not a readable artifact (damaged, truncated or not written by "
+                            f"hyperplane): {reason}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a {FORMAT} artifact")
     if payload.get("format_version") != FORMAT_VERSION:

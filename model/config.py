@@ -23,14 +23,14 @@ class TrainingConfig:
     categorical_columns: tuple[str, ...] = _setting((), "Columns to treat as categorical even though their "
                                                         "values are numbers (0/1 flags, integer codes).")
     drop_columns: tuple[str, ...] = _setting((), "Columns to ignore (ids, free text).")
-    hidden_layers: tuple[int, ...] = _setting((64, 32), "Hidden layer widths, e.g. `64,32`; empty for the "
+    hidden_layers: tuple[int, ...] = _setting((128, 64), "Hidden layer widths, e.g. `128,64`; empty for the "
                                                         "linear model (least squares).")
     ensemble_size: int = _setting(5, "MLPs trained side by side from different initial weights; the "
                                      "prediction is their mean (the linear model always has one).")
     dropout: float = _setting(0.0, "Dropout after each hidden layer.")
     epochs: int = _setting(400, "Maximum passes over the training split.")
     batch_size: int = _setting(64, "Rows per optimiser step (MLP).")
-    learning_rate: float = _setting(3e-3, "AdamW learning rate (MLP).")
+    learning_rate: float = _setting(1e-3, "AdamW learning rate (MLP).")
     weight_decay: float = _setting(1e-4, "AdamW weight decay (MLP).")
     patience: int = _setting(30, "Stop after this many epochs without a better validation loss; the best "
                                  "epoch's weights are kept.")

@@ -120,6 +120,12 @@ def _infer_kind(table: Table, name: str) -> Kind:
 def as_float_column(table: Table, name: str) -> np.ndarray:
     """A numeric column as float64 with NaN for missing cells; rejects words, NaN and infinity by row."""
     values = table.columns[name]
+    try:   # fast path: every cell converts and is finite; otherwise the loop below finds the culprit
+        fast = values.astype(np.float64)
+        if np.isfinite(fast).all():   # None converts to NaN, so missing cells also take the slow path
+            return fast
+    except (TypeError, ValueError):
+        pass
     out = np.empty(len(values), dtype=np.float64)
     for i, cell in enumerate(values):
         if is_missing(cell):

@@ -99,7 +99,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
 def evaluate(regressor: Regressor, table: Table) -> dict[str, float]:
     """rmse, mae, mape (%) and r2 of the regressor on a table that holds the target column."""
     truth = target_values(table, regressor.target)
-    predicted = regressor.predict(table.without(regressor.target))
+    predicted = regressor.predict(table.select(regressor.feature_names))   # drop_columns too
     error = predicted - truth
     total = float(((truth - truth.mean()) ** 2).sum())
     nonzero = truth != 0

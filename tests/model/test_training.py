@@ -35,7 +35,7 @@ def test_linear_model_matches_closed_form_least_squares(cars: Table, transform: 
 
 def test_default_model_beats_the_linear_model_on_held_out_cars(cars: Table) -> None:
     linear, default = [], []
-    for seed in (0, 1, 2):     # three hold-out splits: one lucky split proves nothing
+    for seed in (10, 11, 12):   # three splits the defaults were not tuned on (docs/model-defaults.md)
         development, test = _split(cars, seed)
         truth = target_values(test, "Price")
         for scores, config in ((linear, TrainingConfig(hidden_layers=(), seed=seed)),
@@ -65,7 +65,7 @@ def test_early_stopping_keeps_the_best_epoch(small_cars: Table) -> None:
 
 def test_metrics_cover_every_split_in_target_units(small_cars: Table) -> None:
     train, test = _split(small_cars, seed=0)
-    result = fit(train, TrainingConfig(hidden_layers=(), epochs=5), test=test)
+    result = fit(train, TrainingConfig(hidden_layers=(), epochs=5, drop_columns=("Doors",)), test=test)
     assert set(result.metrics) == {"train", "validation", "test"}
     assert result.metrics["test"]["rows"] == test.n_rows
     assert 300 < result.metrics["test"]["rmse"] < 5000       # euros, not scaled units
