@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -65,13 +67,20 @@ def test_no_command_trains(train_image: str, tmp_path: pathlib.Path) -> None:
     _succeeded(root, run_job(root, image=train_image, command=()))
 
 
-def test_runs_as_an_unprivileged_user(train_image: str, tmp_path: pathlib.Path) -> None:
-    root = lay_out_job(tmp_path, Job())
-    for folder in (root / "model", root / "output"):
-        os.chmod(folder, 0o777)
-    result = run_job(root, "--user", "1000:1000", image=train_image)
-    _succeeded(root, result)
-    assert (root / "model" / artifact.ARTIFACT_NAME).stat().st_uid == 1000
+def test_runs_as_an_unprivileged_user(train_image: str) -> None:
+    # pytest's tmp_path sits below a 0700 folder that uid 1000 cannot enter: use a world-readable one.
+    root = pathlib.Path(tempfile.mkdtemp(prefix="hyperplane-user-", dir="/tmp"))
+    try:
+        lay_out_job(root, Job())
+        for path in (root, *root.rglob("*")):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        for folder in (root / "model", root / "output"):
+            os.chmod(folder, 0o777)
+        result = run_job(root, "--user", "1000:1000", image=train_image)
+        _succeeded(root, result)
+        assert (root / "model" / artifact.ARTIFACT_NAME).stat().st_uid == 1000
+    finally:
+        shutil.rmtree(root)
 
 
 def test_input_mounted_read_only(train_image: str, tmp_path: pathlib.Path) -> None:
