@@ -6,9 +6,9 @@ The validation rows come from the `validation` table or, without one, a seeded h
 table. Preprocessing is fitted on the training rows only. The linear model is solved to the least-squares
 optimum with full-batch L-BFGS (one L-BFGS step per epoch) and stops when the training loss no longer
 improves, as the closed form would. The MLPs train with AdamW on shuffled mini-batches and stop when the
-validation loss has not improved for `patience` epochs, keeping the best epoch's weights. Same seed
-and data, same model: the split, the initial weights and the batch order
-all come from `seed`, and torch runs in deterministic mode.
+validation loss has not improved for `patience` epochs, keeping the best epoch's weights.
+Same seed and data, same model: the split, the initial weights and the batch order all come from `seed`,
+and torch runs in deterministic mode.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ def lay_out_job(root: pathlib.Path, job: Job) -> pathlib.Path:
         folder.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
-    for folder in ("model", "output"):
-        (root / folder).mkdir(exist_ok=True)
+    for output in ("model", "output"):
+        (root / output).mkdir(exist_ok=True)
     return root
 
 

@@ -1,0 +1,97 @@
+"""Shared by the SDK drivers (run by .venv-sdk2/bin/python or .venv-sdk3/bin/python, never by pytest).
+
+A driver reads its spec (a JSON file named by argv[1]), runs named steps, and prints ONE JSON object on its
+last stdout line: {"steps": {name: {"ok": true, "value": ..., "seconds": s, "log": "..."} or
+{"ok": false, "error": "traceback", "log": "..."}}}. A failing step does not stop the others, so each
+test asserts its own step. Only the standard library here: both SDK venvs import this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+# Before any sagemaker import: a region is required (F1), credentials are not; the v2 banner is noise.
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ["SAGEMAKER_SUPPRESS_V2_WARNING"] = "1"
+
+ROLE = "arn:aws:iam::111111111111:role/HyperplaneDummy"      # local mode never uses it
+TELEMETRY_OPT_OUT = {"SchemaVersion": "1.0",                   # F3: no STS / S3 telemetry calls
+                     "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+LOG_LIMIT = 20000   # characters of each step's captured stdout kept in the result
+
+
+class _Tee(io.TextIOBase):
+    """Captures what the SDK writes to sys.stdout (container logs) and still shows it."""
+
+    def __init__(self, echo: Any) -> None:
+        self.buffer_ = io.StringIO()
+        self.echo = echo
+
+    def write(self, text: str) -> int:
+        self.buffer_.write(text)
+        self.echo.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.echo.flush()
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.results: dict[str, dict[str, Any]] = {}
+        self._stdout = sys.stdout
+
+    def run(self, name: str, step: Callable[[], Any], describe: Callable[[Any], Any] = lambda v: v) -> Any:
+        """Runs `step`, records describe(its value) (or its traceback) under `name`, returns the value."""
+        print(f"===== step {name} =====", flush=True)
+        tee = _Tee(self._stdout)
+        started = time.monotonic()
+        record: dict[str, Any]
+        try:
+            with contextlib.redirect_stdout(tee):
+                value = step()
+            record = {"ok": True, "value": describe(value)}
+        except Exception:  # recorded for the test to assert on
+            value = None
+            record = {"ok": False, "error": traceback.format_exc()}
+        record["seconds"] = round(time.monotonic() - started, 2)
+        record["log"] = tee.buffer_.getvalue()[-LOG_LIMIT:]
+        self.results[name] = record
+        print(f"===== step {name}: {'ok' if record['ok'] else 'FAILED'} in {record['seconds']} s =====",
+              flush=True)
+        return value
+
+    def emit(self) -> None:
+        sys.stdout.flush()
+        print(json.dumps({"steps": self.results}), flush=True)
+
+
+def read_spec() -> dict[str, Any]:
+    with open(sys.argv[1]) as f:
+        spec: dict[str, Any] = json.load(f)
+    return spec
+
+
+def typed(cell: str) -> int | float | str | None:
+    """A CSV cell as JSON would carry it: int, float, the string itself, or null when empty."""
+    if cell == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            continue
+    return cell
+
+
+def csv_numbers(body: bytes) -> list[float]:
+    """A text/csv prediction body (one number per line) as floats."""
+    return [float(line) for line in body.decode().splitlines() if line.strip()]

@@ -1,0 +1,82 @@
+"""SageMaker Python SDK v3 local mode: ModelTrainer trains with the training image's default command, and
+the serving image serves the artifact through sagemaker.core.local's low-level endpoint calls."""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from model.regressor import Regressor
+from tests.sdk.conftest import (
+    FEATURES,
+    HYPERPARAMETERS,
+    REQUEST_ROWS,
+    Hygiene,
+    assert_close,
+    free_port,
+    load_model_tar,
+    predict_rows,
+    run_driver,
+    scratch_folder,
+    step,
+    write_inputs,
+)
+
+pytestmark = [pytest.mark.sdk, pytest.mark.docker]
+
+
+@dataclass
+class V3Run:
+    steps: dict[str, Any]
+    model: Regressor | None
+    hygiene: Hygiene
+
+
+@pytest.fixture(scope="module")
+def v3(sdk_images: tuple[str, str]) -> V3Run:
+    train_image, serve_image = sdk_images
+    root = scratch_folder("sdk3")
+    hygiene = Hygiene(root)
+    try:
+        spec = {"work": str(root), **write_inputs(root), "serving_port": free_port(),
+                "train_image": train_image, "serve_image": serve_image, "hyperparameters": HYPERPARAMETERS,
+                "rows": REQUEST_ROWS, "v3_root_name": f"hpv3{uuid.uuid4().hex[:8]}"}
+        steps = run_driver(3, "v3_flow.py", spec, root)
+        model = None
+        if steps.get("train", {}).get("ok") and steps["train"]["value"]["exists"]:
+            model = load_model_tar(pathlib.Path(steps["train"]["value"]["artifact"]), root / "in-process")
+    finally:
+        hygiene.clean()
+    return V3Run(steps, model, hygiene)
+
+
+def test_model_trainer_trains_with_the_default_command(v3: V3Run) -> None:
+    """ModelTrainer(training_mode=Mode.LOCAL_CONTAINER) passes no command: CMD ["train"] trains, and the
+    JSON-quoted hyperparameters (v3 writes "true", "[...]") arrive intact."""
+    trained = step(v3.steps, "train")
+    assert trained["exists"], trained
+    assert trained["artifact"].endswith("/compressed_artifacts/model.tar.gz")
+    assert v3.model is not None
+    config = v3.model.config
+    assert (config.epochs, config.hidden_layers, config.ensemble_size, config.deterministic,
+            config.categorical_columns) == (30, (16,), 2, True, ("Met_Color", "Automatic"))
+    assert v3.model.feature_names == FEATURES
+    assert "epoch=1 train_loss=" in v3.steps["train"]["log"]
+
+
+def test_serving_image_serves_the_v3_artifact(v3: V3Run) -> None:
+    served = step(v3.steps, "serve")
+    assert v3.model is not None
+    expected = predict_rows(v3.model, REQUEST_ROWS)
+    assert served["csv_status"] == 200 and served["json_status"] == 200
+    assert_close(served["csv"], expected)
+    assert_close(served["json"], expected)
+
+
+def test_leaves_no_containers_networks_or_folders(v3: V3Run) -> None:
+    v3.hygiene.assert_clean()
+    assert len(v3.hygiene.removed) >= 2    # the training and the serving container
