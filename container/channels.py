@@ -122,12 +122,10 @@ def _parse_csv(text: str, label: pathlib.PurePath, csv_header: str) -> Table:
                   (csv_header == "auto" and _looks_like_header(first, [r for _, r in numbered[1:]])))
     body = numbered[1:] if has_header else numbered
     names = [cell.strip() for cell in first] if has_header else [f"c{i}" for i in range(len(first))]
-    if has_header and len(set(names)) != len(names):
-        raise ChannelError(f"{label}: the header row names a column twice: {', '.join(first)}")
     try:
         return Table.from_rows(names, [row for _, row in body], [f"{label} line {n}" for n, _ in body])
-    except DataError as error:
-        raise ChannelError(str(error)) from error
+    except DataError as error:   # a row error names its file and line; a header error needs the file
+        raise ChannelError(str(error) if error.row else f"{label}: {error}") from error
 
 
 def _looks_like_header(first: list[str], rest: list[list[str]]) -> bool:

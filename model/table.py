@@ -34,6 +34,9 @@ class Table:
     def from_rows(cls, names: Sequence[str], rows: Sequence[Sequence[Cell]],
                   row_labels: Sequence[str] | None = None) -> Table:
         """Builds a table from positional rows; every row must have exactly len(names) cells."""
+        for name in names:
+            if list(names).count(name) > 1:   # a dict of columns would silently keep only the last one
+                raise DataError(f"the column {name!r} is named twice", column=name)
         width = len(names)
         for index, row in enumerate(rows):
             if len(row) != width:

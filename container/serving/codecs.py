@@ -136,11 +136,7 @@ def _decode_csv(text: str, header: str, schema: InputSchema) -> Table:
     except csv.Error as error:
         raise InvalidInput(f"malformed CSV: {error}", row=reader.line_num) from None
     if header == "present" or (header == "auto" and rows and _names_features(rows[0], schema)):
-        names = [str(cell).strip() for cell in rows[0]]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise InvalidInput(f"the header names {duplicates[0]!r} twice", feature=duplicates[0])
-        return _table(names, rows[1:])
+        return _table([str(cell).strip() for cell in rows[0]], rows[1:])
     return _table(schema.feature_names, rows)
 
 
@@ -227,9 +223,6 @@ def _from_split(split: Any, schema: InputSchema) -> Table:
     columns = split.get("columns", list(schema.feature_names))
     if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
         raise InvalidInput('"dataframe_split" "columns" must be a list of feature names')
-    duplicates = sorted({name for name in columns if columns.count(name) > 1})
-    if duplicates:
-        raise InvalidInput(f'"columns" names {duplicates[0]!r} twice', feature=duplicates[0])
     rows: list[list[Cell]] = []
     for number, row in enumerate(split["data"], start=1):
         if not isinstance(row, list):

@@ -39,3 +39,9 @@ def test_categories_have_one_spelling_across_formats() -> None:
     assert canonical_category(1) == canonical_category("1") == canonical_category(1.0) == canonical_category(" 1.0")
     assert canonical_category(" Blue ") == "Blue"
     assert canonical_category(True) == "1"
+
+
+def test_a_column_named_twice_is_refused_not_dropped() -> None:
+    with pytest.raises(DataError) as caught:
+        Table.from_rows(["price", "km", "km"], [["1", "2", "3"]])
+    assert caught.value.column == "km"

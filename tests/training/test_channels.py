@@ -81,6 +81,7 @@ def test_forced_header_setting(tmp_path: pathlib.Path) -> None:
     ({"train": [HEADER + ROWS], "validaton": [HEADER + ROWS]}, "unknown channel 'validaton'"),
     ({"train": [HEADER + ROWS, "a,b\n1,2\n"]}, "has columns a, b but"),
     ({"train": [HEADER + "1,2\n"]}, r"train/f0 line 2: expected 3 values, found 2"),
+    ({"train": ["price,km,km\n1,2,3\n"]}, r"train/f0: column 'km': the column 'km' is named twice"),
     ({"train": [b"\x1f\x8b\x08broken"]}, "cannot read train/f0"),
     ({"train": [b"\xff\xfe\x00bad"]}, "cannot read train/f0"),
     ({"train": ['{"a": 1}\n{oops\n']}, "train/f0 line 2: not valid JSON"),
