@@ -2,7 +2,10 @@
 
     SAGEMAKER_BASE_DIR=/tmp/job train      # outside a container: a folder laid out like /opt/ml
 
-Reads input/config/*.json, the channels under input/data, fits the model and writes
+It first decides what trains, and says so in its first log line: the user's entry point when one is named
+(SAGEMAKER_PROGRAM or the `sagemaker_program` hyperparameter; run by script_mode.py through
+sagemaker-training, with the script's own exit code), else the built-in regressor, which
+reads input/config/*.json, the channels under input/data, fits the model and writes
 - model/hyperplane-regressor.pt   the artifact (the only thing the serving image needs),
 - output/data/metrics.json        train/validation/test metrics,
 - output/failure                  on failure: one sentence naming the cause, then (for bugs) the traceback.
@@ -14,22 +17,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from container.channels import read_channels
 from container.errors import EXIT_INTERNAL_ERROR, JobError
+from container.failure import report_failure
 from container.hyperparameters import parse_hyperparameters
 from container.paths import SageMakerPaths
+from container.script_mode import find_entry_point, run_entry_point
 from model import artifact
 from model.errors import DataError
 from model.training import EpochReport, fit
 
 log = logging.getLogger("hyperplane.train")
-FAILURE_REASON_LIMIT = 1024   # SageMaker shows this much of output/failure as the job's FailureReason
 
 
 def main() -> None:
@@ -38,9 +44,17 @@ def main() -> None:
     sys.exit(run(SageMakerPaths.from_environ()))
 
 
-def run(paths: SageMakerPaths) -> int:
+def run(paths: SageMakerPaths, environ: Mapping[str, str] = os.environ) -> int:
     try:
-        train(paths)
+        hyperparameters = _read_hyperparameters(paths)
+        entry = find_entry_point(environ, hyperparameters)
+        if entry is not None:
+            log.info("training with the user's entry point %s (named by %s), run through sagemaker-training",
+                     entry.program, entry.named_by)
+            return run_entry_point(paths, entry, hyperparameters, environ)
+        log.info("training the built-in regressor: no entry point is named (neither SAGEMAKER_PROGRAM nor the "
+                 "sagemaker_program hyperparameter is set)")
+        train(paths, hyperparameters)
     except (JobError, DataError) as error:
         report_failure(paths, f"{error}")
         return getattr(error, "exit_code", JobError.exit_code)
@@ -51,9 +65,9 @@ def run(paths: SageMakerPaths) -> int:
     return 0
 
 
-def train(paths: SageMakerPaths) -> None:
+def train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any]) -> None:
     started = time.monotonic()
-    config = parse_hyperparameters(_read_json(paths.hyperparameters) or {})
+    config = parse_hyperparameters(hyperparameters)
     resources = _read_json(paths.resource_config) or {}
     hosts = sorted(resources.get("hosts") or ["algo-1"])
     current = resources.get("current_host", hosts[0])
@@ -79,21 +93,19 @@ def train(paths: SageMakerPaths) -> None:
              time.monotonic() - started)
 
 
-def report_failure(paths: SageMakerPaths, reason: str, details: str = "") -> None:
-    """Writes output/failure (reason first: SageMaker shows its first 1024 characters) and logs it."""
-    reason = " ".join(reason.split())   # one line, whatever the error message held
-    text = f"{reason}\n\n{details}" if details else f"{reason}\n"
-    log.error("training failed: %s%s", reason, f"\n{details}" if details else "")
-    try:
-        paths.output_dir.mkdir(parents=True, exist_ok=True)
-        paths.failure_file.write_text(text)
-    except OSError as error:
-        log.error("could not write %s: %s", paths.failure_file, error)
-
-
 def _log_epoch(report: EpochReport) -> None:
     print(f"epoch={report.epoch} train_loss={report.train_loss:.6g} validation_loss={report.validation_loss:.6g} "
           f"validation_rmse={report.validation_rmse:.6g}", flush=True)
+
+
+def _read_hyperparameters(paths: SageMakerPaths) -> dict[str, Any]:
+    raw = _read_json(paths.hyperparameters)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise JobError(f"{paths.hyperparameters.name} must hold a JSON object of names and values, not a "
+                       f"JSON {type(raw).__name__}")
+    return raw
 
 
 def _read_json(path: pathlib.Path) -> Any:

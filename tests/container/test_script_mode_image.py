@@ -1,0 +1,97 @@
+"""Script mode in the training image: the user's code mounted at /opt/ml/code, as SDK local mode mounts
+`source_dir`, run by `docker run IMAGE train` (one container per behaviour; the variants are covered
+in-process by tests/training/test_script_mode.py)."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+import time
+import uuid
+import zipfile
+
+import pytest
+
+from tests.container.docker import docker, run_job
+from tests.jobs import Job, lay_out_job
+
+pytestmark = pytest.mark.docker
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "script-mode"
+STOP_LIMIT_S = 30   # SageMaker's SIGKILL comes later (120 s); the issue asks for 30 s
+
+
+def example_job(root: pathlib.Path, hyperparameters: dict[str, str]) -> pathlib.Path:
+    job = lay_out_job(root, Job(hyperparameters=hyperparameters))
+    shutil.copytree(EXAMPLE, job / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    return job
+
+
+def tiny_wheel(folder: pathlib.Path) -> str:
+    """A pure-Python wheel built by hand (no index, no build backend: the container has no network)."""
+    name = "hyperplane_tiny-0.1-py3-none-any.whl"
+    info = "hyperplane_tiny-0.1.dist-info"
+    with zipfile.ZipFile(folder / name, "w") as wheel:
+        wheel.writestr("hyperplane_tiny.py", "VALUE = 42\n")
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: hyperplane-tiny\nVersion: 0.1\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+    return name
+
+
+def test_the_example_trains_from_opt_ml_code(train_image: str, tmp_path: pathlib.Path) -> None:
+    job = example_job(tmp_path, {"epochs": "40"})
+    result = run_job(job, "-e", "SAGEMAKER_PROGRAM=train.py", image=train_image)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "training with the user's entry point train.py (named by the SAGEMAKER_PROGRAM environment variable)" \
+        in result.stdout.splitlines()[0]
+    assert "epoch=40 train_loss=" in result.stdout and "train_rmse=" in result.stdout
+    assert (job / "model/model.pt").is_file() and not (job / "model/hyperplane-regressor.pt").exists()
+    assert not (job / "output/failure").exists()
+
+
+def test_requirements_txt_is_installed_before_the_script_runs(train_image: str, tmp_path: pathlib.Path) -> None:
+    job = lay_out_job(tmp_path, Job(hyperparameters={"sagemaker_program": '"train.py"'}))
+    (job / "code").mkdir()
+    (job / "code/requirements.txt").write_text(f"./{tiny_wheel(job / 'code')}\n")
+    (job / "code/train.py").write_text("import os, hyperplane_tiny\n"
+                                       "open(os.path.join(os.environ['SM_MODEL_DIR'], 'value.txt'), 'w')"
+                                       ".write(str(hyperplane_tiny.VALUE))\n")
+    result = run_job(job, image=train_image)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (job / "model/value.txt").read_text() == "42"
+
+
+def test_a_failing_script_writes_its_exception_to_the_failure_file(train_image: str, tmp_path: pathlib.Path) -> None:
+    job = example_job(tmp_path, {"sagemaker_program": '"train.py"', "target": '"Colour"'})
+    result = run_job(job, image=train_image)
+    assert result.returncode == 1
+    failure = (job / "output/failure").read_text()
+    assert failure.splitlines()[0].startswith("ValueError: target column 'Colour' is not in the data")
+    assert "Traceback (most recent call last):" in failure and "read_numeric_table" in failure
+
+
+def test_docker_kill_term_reaches_the_script_which_saves_and_stops(train_image: str, tmp_path: pathlib.Path) -> None:
+    job = example_job(tmp_path, {"sagemaker_program": '"train.py"', "epochs": "100000000"})
+    name = f"hyperplane-test-{uuid.uuid4().hex[:10]}"
+    docker("run", "-d", "--name", name, "--network", "none", "-v", f"{job}:/opt/ml", train_image, "train")
+    try:
+        deadline = time.monotonic() + 120
+        while "epoch=50 " not in docker("logs", name).stdout:
+            assert time.monotonic() < deadline, docker("logs", name).stdout[-3000:]
+            time.sleep(0.5)
+        docker("kill", "-s", "TERM", name)
+        killed = time.monotonic()
+        code = int(docker("wait", name, timeout=STOP_LIMIT_S + 10).stdout.strip())
+        elapsed = time.monotonic() - killed
+        logs = docker("logs", name)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the container still ran {STOP_LIMIT_S + 10} s after SIGTERM")
+    finally:
+        docker("rm", "-f", name, check=False)
+    assert elapsed < STOP_LIMIT_S
+    assert code == 143, logs.stdout[-3000:] + logs.stderr[-3000:]
+    assert "SIGTERM received: saving the model after epoch" in logs.stdout
+    assert (job / "model/model.pt").is_file()
+    assert (job / "output/failure").read_text().startswith(
+        "the training job was stopped (SIGTERM); train.py exited with code 143")
