@@ -1,6 +1,7 @@
 """Channel folders -> one Table per channel: train (or training), optional validation and test.
 
-Every file below a channel folder is read, in sorted path order, except hidden files. Formats:
+Every file below a channel folder is read, in sorted path order, except hidden files; a file or folder
+that is a symbolic link out of the job's tree (/opt/ml) fails the job, so nothing outside it is read. Formats:
 - CSV, with or without a header row (`csv_header=auto` calls the first row a header when all its cells
   are words and some column below it holds numbers; `present`/`absent` decide it outright). Headerless
   columns are named c0, c1, ... and the target is then c0 unless told otherwise.
@@ -61,19 +62,27 @@ def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None,
         raise ChannelError("no training data: give a channel named 'train' (or 'training')")
     if len(named) > 1:
         raise ChannelError("both 'train' and 'training' channels were given; use one of them")
-    tables = {name: read_channel(paths.channel(name), name, configs[name] or {}, csv_header)
+    tables = {name: read_channel(paths.channel(name), name, _channel_config(configs[name], name), csv_header,
+                                 root=paths.root)
               for name in configs}
     train = tables[named[0]]
     return Channels(train, *(_aligned(tables.get(name), train, name) for name in ("validation", "test")))
 
 
-def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv_header: str) -> Table:
+def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv_header: str,
+                 root: pathlib.Path | None = None) -> Table:
+    """The channel's rows. With `root` (the job's /opt/ml), the folder and every file must resolve inside
+    it: a symbolic link out of the job's tree fails the job, and nothing outside is read."""
     mode = config.get("TrainingInputMode", "File")
     if mode == "Pipe":
         raise ChannelError(f"channel {name!r} uses Pipe input mode; hyperplane reads File or FastFile mode")
+    if root is not None:
+        _inside(folder, root, f"the folder of channel {name!r}")
     if not folder.is_dir():
         raise ChannelError(f"channel {name!r} has no data: the folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # rglob does not descend into linked folders; linked files are checked one by one below.
+    files = sorted(p for p in folder.rglob("*") if not p.name.startswith(".") and
+                   (root is None or _inside(p, root, f"{p.relative_to(folder.parent)}")) and p.is_file())
     if not files:
         raise ChannelError(f"channel {name!r} is empty: no files in {folder}")
     content_type = str(config.get("ContentType") or "").split(";")[0].strip().lower()
@@ -198,6 +207,23 @@ def _positional(table: Table) -> bool:
 
 def _renamed(table: Table, names: list[str]) -> Table:
     return Table(dict(zip(names, table.columns.values(), strict=True)), table.row_labels)
+
+
+def _inside(path: pathlib.Path, root: pathlib.Path, what: str) -> bool:
+    """True, or ChannelError when `path` resolves (through symbolic links) outside `root`."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ChannelError(f"{what} is a symbolic link that leads out of {root}; hyperplane reads channel data "
+                           f"only below {root}")
+    return True
+
+
+def _channel_config(config: Any, name: str) -> Mapping[str, Any]:
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ChannelError(f"inputdataconfig.json: the entry of channel {name!r} must be a JSON object, not "
+                           f"{json.dumps(config)[:60]}")
+    return config
 
 
 def _discover(paths: SageMakerPaths) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from model.errors import DataError
 from model.training import EpochReport, fit
 
 log = logging.getLogger("hyperplane.train")
+CONFIG_FILE_LIMIT = 1024 * 1024   # hyperparameters.json holds at most 100 values of 2,500 characters
 
 
 def main() -> None:
@@ -99,19 +100,25 @@ def _log_epoch(report: EpochReport) -> None:
 
 
 def _read_hyperparameters(paths: SageMakerPaths) -> dict[str, Any]:
-    raw = _read_json(paths.hyperparameters)
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise JobError(f"{paths.hyperparameters.name} must hold a JSON object of names and values, not a "
-                       f"JSON {type(raw).__name__}")
-    return raw
+    return _read_json(paths.hyperparameters) or {}
 
 
-def _read_json(path: pathlib.Path) -> Any:
+def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
+    """A config file's JSON object, None when the file is absent; JobError for anything else: not an object,
+    malformed, nested beyond reason, larger than any SageMaker writes, or a link out of the config folder."""
     if not path.is_file():
         return None
+    if not path.resolve().is_relative_to(path.parent.resolve()):
+        raise JobError(f"{path.name} is a symbolic link that leads out of {path.parent}; it is not read")
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise JobError(f"cannot read {path.name}: {error}") from error
+        size = path.stat().st_size
+        if size > CONFIG_FILE_LIMIT:
+            raise JobError(f"{path.name} is {size} bytes; SageMaker's config files are far below the "
+                           f"{CONFIG_FILE_LIMIT} bytes hyperplane reads")
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise JobError(f"cannot read {path.name}: {detail}") from None
+    if not isinstance(value, dict):
+        raise JobError(f"{path.name} must hold a JSON object, not a JSON {type(value).__name__}")
+    return value
