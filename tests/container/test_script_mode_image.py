@@ -34,7 +34,8 @@ def tiny_wheel(folder: pathlib.Path) -> str:
     with zipfile.ZipFile(folder / name, "w") as wheel:
         wheel.writestr("hyperplane_tiny.py", "VALUE = 42\n")
         wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: hyperplane-tiny\nVersion: 0.1\n")
-        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/WHEEL",
+                       "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         wheel.writestr(f"{info}/RECORD", "")
     return name
 
