@@ -2,14 +2,18 @@
 
 Reads ServingSettings from the environment once, sets up logging, and runs gunicorn in this process
 (PID 1 in the container, so SIGTERM reaches gunicorn directly) with the Flask app of container/serving/.
-The model comes from SageMakerPaths.from_environ().model_dir (/opt/ml/model, read-only); nothing is
-written there, the readiness folder lives under /tmp.
+What it serves: the user's inference handlers when SAGEMAKER_PROGRAM (default inference.py) is found in
+SAGEMAKER_SUBMIT_DIRECTORY or <model dir>/code (container/serving/user_code.py), else the hyperplane
+artifact in SageMakerPaths.from_environ().model_dir (/opt/ml/model, read-only); nothing is written there,
+the readiness folder lives under /tmp.
 
     serve                                      # in the image; `serve serve` is accepted too
     SAGEMAKER_BASE_DIR=/tmp/ml SAGEMAKER_BIND_TO_PORT=8081 PYTHONPATH=. python -m container.serve
 
-Exit codes: 2 for a bad setting (the log names the variable), 3 when the model cannot be loaded (the log
-names the file and the problem), 0 after a SIGTERM shutdown.
+Exit codes: 2 for a bad setting (the log names the variable), 3 when there is nothing it can serve (an
+explicit SAGEMAKER_PROGRAM found nowhere, neither user code nor an artifact, a broken artifact, a model_fn
+that raises, a requirements.txt it cannot install; one `cannot serve: ...` line says which), 0 after a
+SIGTERM shutdown.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import sys
 from collections.abc import Sequence
 
 from container.serving.settings import ServingSettings, SettingsError
+from container.serving.user_code import UserCodeError
 
 USAGE = "usage: serve\n\nServes the model in /opt/ml/model over HTTP; configured by environment variables.\n"
 SETTINGS_ERROR = 2
+NOTHING_TO_SERVE = 3   # the code gunicorn_app.py exits with when the model cannot be loaded
 
 log = logging.getLogger("hyperplane.serve")
 
@@ -40,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         log.error("cannot serve: %s", error)
         return SETTINGS_ERROR
+    except UserCodeError as error:
+        log.error("cannot serve: %s", error)
+        return NOTHING_TO_SERVE
     configure_logging(settings.log_level)
     log.info("serving %s on port %d: %d worker(s) x %d thread(s), %d torch thread(s) each, %d GPU(s), "
              "payload limit %s MiB, timeout %d s", settings.model_dir, settings.port, settings.workers,

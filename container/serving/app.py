@@ -2,16 +2,20 @@
 
     GET  /ping                   200 (empty) once every worker has loaded the model and warmed up, else
                                  503; it only reads a flag and lists the readiness folder
-    POST /invocations            Content-Type -> codecs.decode -> Predictor -> codecs.encode by Accept
+    POST /invocations            the worker's Servable (servable.py): check the headers, read the body
+                                 (413 beyond the limit), invoke under the worker's lock, answer
     GET  /execution-parameters   {"MaxConcurrentTransforms": n, "BatchStrategy": "MULTI_RECORD",
                                   "MaxPayloadInMB": m}
 
-Routes stay thin: formats live in codecs.py, the model in predictor.py. Every error, expected (werkzeug
+Routes stay thin: what is served (the built-in Predictor with codecs.py's formats, or the user's handlers
+in handlers.py) sits behind the Servable interface, so both get the same limits, log line, custom
+attributes, readiness and error rendering. Every error, expected (werkzeug
 HTTPException: 400/406/413/415/503) or not (a bug: logged with its traceback, answered 500 without it),
 is rendered by one handler as JSON. One log line per request (`hyperplane.access`, key=value, never the
 payload); /ping lines only with HYPERPLANE_LOG_PING=true.
 
-In-process use (tests): `create_app(settings, LoadedPredictor(Predictor(regressor))).test_client()`.
+In-process use (tests): `create_app(settings, LoadedPredictor(Predictor(regressor))).test_client()`, or
+any other Servable in place of the Predictor.
 """
 
 from __future__ import annotations
@@ -23,32 +27,30 @@ from typing import Protocol
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
 
-from container.serving import codecs
 from container.serving.attributes import HEADER, parse_custom_attributes, response_attributes
-from container.serving.errors import InvalidInput, error_body
-from container.serving.predictor import Predictor
+from container.serving.errors import error_body
+from container.serving.servable import RequestInfo, Servable
 from container.serving.settings import ServingSettings
-from model.errors import DataError
 
 log = logging.getLogger("hyperplane.serve")
 access_log = logging.getLogger("hyperplane.access")
 
 
 class PredictorSource(Protocol):
-    def current(self) -> Predictor | None:
-        """The worker's predictor, or None while it is loading."""
+    def current(self) -> Servable | None:
+        """The worker's servable, or None while it is loading."""
 
     def ready(self) -> bool:
         """What /ping reports: this worker and all its siblings can predict."""
 
 
 class LoadedPredictor:
-    """A source whose predictor is already loaded (tests, single-process use)."""
+    """A source whose servable is already loaded (tests, single-process use)."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Servable) -> None:
         self.predictor = predictor
 
-    def current(self) -> Predictor | None:
+    def current(self) -> Servable | None:
         return self.predictor
 
     def ready(self) -> bool:
@@ -74,22 +76,19 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
     @app.post("/invocations")
     def invocations() -> Response:
         g.custom_attributes = parse_custom_attributes(request.headers.get(HEADER))
-        predictor = source.current()
-        if predictor is None:
+        servable = source.current()
+        if servable is None:
             raise ServiceUnavailable("the model is loading; retry when /ping answers 200")
-        mimetype = request.mimetype
-        codecs.require_input_type(mimetype, request.content_type or "", predictor.schema)   # before the body
-        response_type = codecs.response_type(request.accept_mimetypes, mimetype)
+        info = RequestInfo(request.mimetype, request.content_type or "", dict(request.mimetype_params),
+                           request.accept_mimetypes, dict(request.headers.items()))
+        servable.check(info)   # 415/406 before the body is read
         body = _read_body(settings.max_payload_bytes)
-        with predictor.lock:
-            try:
-                table = codecs.decode(body, mimetype, request.mimetype_params, predictor.schema)
-                g.rows = table.n_rows
-                payload = codecs.encode(predictor.predict(table), response_type)
-            except DataError as error:
-                raise InvalidInput.from_data_error(error) from None
-        response = Response(payload, mimetype=response_type)
-        response.headers[HEADER] = response_attributes(predictor.version)
+        with servable.lock:
+            answer = servable.invoke(body, info)
+        if answer.rows is not None:
+            g.rows = answer.rows
+        response = Response(answer.body, status=answer.status, content_type=answer.content_type)
+        response.headers[HEADER] = response_attributes(servable.version)
         return response
 
     @app.errorhandler(Exception)

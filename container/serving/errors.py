@@ -4,7 +4,8 @@ Code raises these where it detects the problem; app.py's single error handler tu
 
     {"error": "<reason phrase>", "message": "<what is wrong, what is accepted>", ["row": N, "feature": F]}
 
-and anything else into a logged 500 whose body never shows the traceback.
+and anything else into a logged 500 whose body never shows the traceback. HandlerError carries any status
+a user's handler chose (handlers.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from typing import Any
 
 from werkzeug.exceptions import BadRequest, HTTPException, NotAcceptable, UnsupportedMediaType
+from werkzeug.http import HTTP_STATUS_CODES
 
 from model.errors import DataError
 
@@ -54,3 +56,16 @@ def error_body(error: HTTPException) -> dict[str, Any]:
         if error.feature is not None:
             body["feature"] = error.feature
     return body
+
+
+class HandlerError(HTTPException):
+    """A status a user's handler chose, by raising sagemaker_inference.errors.BaseInferenceToolkitError."""
+
+    def __init__(self, code: int, message: str, phrase: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.phrase = phrase
+
+    @property
+    def name(self) -> str:
+        return HTTP_STATUS_CODES.get(self.code or 500) or self.phrase or "Error"

@@ -2,11 +2,13 @@
 
 Order of events (master = the `serve` process, PID 1 in the container):
   1. the master binds the port (well under a second: torch is not imported yet);
-  2. when_ready: the master loads the artifact once on the CPU (never CUDA, so forking stays safe); a
-     missing or broken artifact logs one line naming the problem and exits 3, before any worker exists;
+  2. when_ready: startup.prepare decides the mode. User code located -> handler mode (the module is not
+     imported here; a requirements.txt is installed when pip exists); else the master loads the artifact
+     once on the CPU (never CUDA, so forking stays safe). Neither, a broken artifact or requirements that
+     cannot be installed log one line `cannot serve: ...` and exit 3, before any worker exists;
   3. each forked worker registers in the ReadinessBoard, builds its own Flask app and ModelLoader, and
-     loads the model on a thread while the gthread pool already answers /ping with 503; a worker that
-     cannot load exits 3, which makes gunicorn halt the whole server;
+     loads the model (or runs the user's model_fn) on a thread while the gthread pool already answers
+     /ping with 503; a worker that cannot load exits 3, which makes gunicorn halt the whole server;
   4. SIGTERM: gunicorn stops accepting, lets in-flight requests finish for up to graceful_timeout (25 s,
      inside SageMaker's 30 s before SIGKILL), then exits; workers leave with os._exit, skipping the
      seconds a normal interpreter shutdown spends on torch.
@@ -27,6 +29,7 @@ from gunicorn.app.base import BaseApplication
 from container.serving.predictor import WORKER_BOOT_ERROR, ModelLoader
 from container.serving.readiness import ReadinessBoard
 from container.serving.settings import ServingSettings
+from container.serving.startup import StartError, prepare
 
 log = logging.getLogger("hyperplane.serve")
 
@@ -77,24 +80,13 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
     def when_ready(self, arbiter: Any) -> None:
         self.board.reset()
         try:
-            import torch
-
-            torch.set_num_threads(1)   # no intra-op thread pool in the master before fork
-            from model import artifact
-
-            regressor = artifact.load(self.settings.model_dir)
-        except Exception as error:
-            # one line (torch's own messages run to several); the full text and traceback with DEBUG
-            log.error("cannot serve: %s", str(error).splitlines()[0] if str(error) else repr(error))
-            log.debug("model load failure in detail", exc_info=error)
-            arbiter.halt(reason=f"no usable model in {self.settings.model_dir}",
-                         exit_status=WORKER_BOOT_ERROR)
-            return   # halt() exits; this line is never reached
-        info = regressor.info
-        log.info("model %s: %d features (%s), target %s, trained on %s rows; starting %d worker(s)",
-                 info.get("version"), len(regressor.feature_names),
-                 "all numeric" if regressor.numeric_only else "with categorical features", regressor.target,
-                 info.get("training_rows", "?"), self.settings.workers)
+            prepare(self.settings)
+            return
+        except StartError as error:
+            log.error("cannot serve: %s", error)
+        except Exception as error:   # a bug: the traceback, and still the one line and exit code 3
+            log.exception("cannot serve: the start-up check failed: %s", error)
+        arbiter.halt(reason=f"nothing to serve from {self.settings.model_dir}", exit_status=WORKER_BOOT_ERROR)
 
     def post_fork(self, arbiter: Any, worker: Any) -> None:
         self.worker_index = worker.age - 1   # spawn order, for the GPU round-robin

@@ -1,16 +1,24 @@
-"""The model as one worker holds it: a Predictor, and the background loader that makes it after fork.
+"""What one worker serves, and the background loader that makes it after fork.
+
+    Predictor       the built-in regressor as a servable.Servable: codecs.py's formats around
+                    Regressor.predict
+    ModelLoader     loads the worker's Servable on a thread: the built-in Predictor, or (handler mode,
+                    settings.user_code set) handlers.UserHandlers, whose model_fn runs here
 
     loader = ModelLoader(settings, board)      # in the worker, after fork
     loader.start(worker_index)                 # thread: device, torch threads, load, warm-up, mark ready
     loader.current()                           # None until loaded; /ping asks loader.ready()
 
-A load failure ends the worker with exit code 3, which gunicorn's master treats as "worker failed to
-boot" and answers by halting the server, so a broken model never serves errors. Nothing here is a
-module global: each worker process builds its own loader (see gunicorn_app.py).
+A load failure (a broken artifact, a model_fn that raises) logs `cannot serve: ...` and ends the worker
+with exit code 3, which gunicorn's master treats as "worker failed to boot" and answers by halting the
+server, so a broken model never serves errors. Only the first failing worker does so (readiness.py
+says why); the others wait for the master's SIGTERM. Nothing here is a module global: each worker process
+builds its own loader (see gunicorn_app.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -19,10 +27,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+from werkzeug.utils import get_content_type
 
+from container.serving import codecs
 from container.serving.codecs import InputSchema
+from container.serving.errors import InvalidInput
 from container.serving.readiness import ReadinessBoard
+from container.serving.servable import Answer, LoadError, RequestInfo, Servable
 from container.serving.settings import ServingSettings
+from model.errors import DataError
 from model.table import Table
 
 if TYPE_CHECKING:   # torch is imported by the loader thread, after the port is bound
@@ -34,13 +47,26 @@ log = logging.getLogger("hyperplane.serve")
 
 
 class Predictor:
-    """One regressor; `predict` runs one request at a time (see settings.PREDICTIONS_PER_WORKER)."""
+    """One regressor as a Servable; one request at a time (see settings.PREDICTIONS_PER_WORKER)."""
 
     def __init__(self, regressor: Regressor) -> None:
         self.regressor = regressor
         self.version = str(regressor.info.get("version", "unknown"))
         self.schema = InputSchema(tuple(regressor.feature_names), regressor.target, regressor.numeric_only)
         self.lock = threading.Lock()
+
+    def check(self, request: RequestInfo) -> None:
+        codecs.require_input_type(request.mimetype, request.content_type, self.schema)
+        codecs.response_type(request.accept, request.mimetype)   # 406 before the body is read
+
+    def invoke(self, body: bytes, request: RequestInfo) -> Answer:
+        response_type = codecs.response_type(request.accept, request.mimetype)
+        try:
+            table = codecs.decode(body, request.mimetype, request.params, self.schema)
+            payload = codecs.encode(self.predict(table), response_type)
+        except DataError as error:
+            raise InvalidInput.from_data_error(error) from None
+        return Answer(payload, get_content_type(response_type, "utf-8"), rows=table.n_rows)
 
     def predict(self, table: Table) -> np.ndarray:
         return self.regressor.predict(table)
@@ -60,38 +86,75 @@ class ModelLoader:
         self.settings = settings
         self.board = board
         self.on_failure = on_failure or _exit_worker
-        self._predictor: Predictor | None = None
+        self._servable: Servable | None = None
 
     def start(self, worker_index: int) -> threading.Thread:
         thread = threading.Thread(target=self._load, args=(worker_index,), name="model-loader", daemon=True)
         thread.start()
         return thread
 
-    def current(self) -> Predictor | None:
-        return self._predictor
+    def current(self) -> Servable | None:
+        return self._servable
 
     def ready(self) -> bool:
-        return self._predictor is not None and self.board.all_ready(self.settings.workers)
+        return self._servable is not None and self.board.all_ready(self.settings.workers)
 
     def _load(self, worker_index: int) -> None:
         pid = os.getpid()
         try:
-            import torch
+            servable, device = (self._load_handlers(worker_index) if self.settings.user_code
+                                else self._load_regressor(worker_index))
+            servable.warm_up()
+            self._servable = servable
+            log.info("worker %s ready: model %s on %s, %s torch thread(s)", pid, servable.version, device,
+                     self.settings.torch_threads)
+            self.board.mark_ready(pid)   # after the log line, so a log reader never sees 200 first
+        except LoadError as error:
+            if self._first_failure(pid, error):
+                # the user's traceback, then the one line that says why the container stops
+                log.error("worker %s: the user's handlers failed to load", pid, exc_info=error.__cause__)
+                log.error("cannot serve: %s", error)
+                self.on_failure()
+        except Exception as error:
+            if self._first_failure(pid, error):
+                log.exception("worker %s cannot load the model from %s; stopping the server", pid,
+                              self.settings.model_dir)
+                self.on_failure()
 
-            from model import artifact
+    def _first_failure(self, pid: int, error: Exception) -> bool:
+        """True when this worker is the one to stop the server (see readiness.py); the others say so in one
+        line and keep answering 503 until the master's SIGTERM ends them."""
+        if self.board.claim_failure(pid):
+            return True
+        log.error("worker %s cannot load the model either (%s); the server is stopping", pid,
+                  type(error).__name__)
+        return False
+
+    def _load_regressor(self, worker_index: int) -> tuple[Servable, str]:
+        import torch
+
+        from model import artifact
+
+        torch.set_num_threads(self.settings.torch_threads)
+        device = self._device(worker_index, torch.cuda.is_available())
+        return Predictor(artifact.load(self.settings.model_dir).to(device)), device
+
+    def _load_handlers(self, worker_index: int) -> tuple[Servable, str]:
+        """The user's model_fn runs here, in the worker after fork, so CUDA is safe. torch (present in both
+        images) gets this worker's thread count and, with GPUs, its round-robin GPU as the current device,
+        so that a model_fn writing `.to("cuda")` spreads the workers over the GPUs too."""
+        from container.serving.handlers import UserHandlers
+
+        device = "cpu"
+        if importlib.util.find_spec("torch") is not None:
+            import torch
 
             torch.set_num_threads(self.settings.torch_threads)
             device = self._device(worker_index, torch.cuda.is_available())
-            predictor = Predictor(artifact.load(self.settings.model_dir).to(device))
-            predictor.warm_up()
-            self._predictor = predictor
-            log.info("worker %s ready: model %s on %s, %s torch thread(s)", pid, predictor.version, device,
-                     self.settings.torch_threads)
-            self.board.mark_ready(pid)   # after the log line, so a log reader never sees 200 first
-        except Exception:
-            log.exception("worker %s cannot load the model from %s; stopping the server", pid,
-                          self.settings.model_dir)
-            self.on_failure()
+            if device != "cpu":
+                torch.cuda.set_device(device)
+        gpu_id = int(device.partition(":")[2]) if device != "cpu" else None
+        return UserHandlers.load(self.settings, gpu_id), device
 
     def _device(self, worker_index: int, cuda_available: bool) -> str:
         if self.settings.gpus and cuda_available:

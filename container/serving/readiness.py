@@ -4,6 +4,11 @@ One empty file per live worker, named by its pid: `<pid>.loading` from fork unti
 has made a warm-up prediction, then renamed (atomically) to `<pid>.ready`. The master clears the folder
 before forking and removes a worker's file when it reaps the worker. `/ping` answers 200 only when the
 planned number of workers are all ready, which costs one `listdir` of a handful of names.
+
+A worker whose model cannot load claims the file `failed`: the first one exits with code 3, which makes
+gunicorn halt the server; later ones (all workers run the same failing model_fn at about the same time)
+leave that to it and wait for the master's SIGTERM, because a second exit 3 reaped while gunicorn is
+already halting escapes its shutdown and ends the master with code 1 instead of 3.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import shutil
 
 LOADING = ".loading"
 READY = ".ready"
+FAILED = "failed"
 
 
 class ReadinessBoard:
@@ -39,6 +45,18 @@ class ReadinessBoard:
         """Master (on reaping) or worker (on exit): the worker is gone."""
         for suffix in (LOADING, READY):
             (self.folder / f"{pid}{suffix}").unlink(missing_ok=True)
+
+    def claim_failure(self, pid: int) -> bool:
+        """Worker that cannot load: True for the first one, which stops the server; False afterwards."""
+        try:
+            fd = os.open(self.folder / FAILED, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        except OSError:   # no folder: nothing to share, so this worker reports the failure itself
+            return True
+        os.write(fd, f"{pid}\n".encode())
+        os.close(fd)
+        return True
 
     def all_ready(self, workers: int) -> bool:
         """True when `workers` workers are registered and none is still loading."""

@@ -2,6 +2,8 @@
 
 Nothing else in the server reads os.environ: the limits the server enforces (payload size, concurrency)
 and the ones it announces (`/execution-parameters`) come from this one value, so they cannot disagree.
+(In handler mode sagemaker-inference reads SAGEMAKER_PROGRAM itself; handlers.py sets it in each worker
+to the module user_code.py located.)
 
     variable                        default                 meaning
     SAGEMAKER_BIND_TO_PORT          8080                    listening port (0.0.0.0)
@@ -12,6 +14,10 @@ and the ones it announces (`/execution-parameters`) come from this one value, so
     LOG_LEVEL, SAGEMAKER_CONTAINER_LOG_LEVEL  INFO          name or number; LOG_LEVEL wins when both are set
     HYPERPLANE_LOG_PING             false                   also log one line per /ping
     HYPERPLANE_IMAGE_ROLE           -                       `train` in the training image (Dockerfile)
+    SAGEMAKER_PROGRAM               inference.py            the user's handler module (user_code.py)
+    SAGEMAKER_SUBMIT_DIRECTORY      -                       a local folder searched first for it
+    SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT  application/json  handler mode: the response type for a missing
+                                                            Accept or */*
 
 Usable CPUs are the process's CPU affinity capped by the cgroup CPU quota; GPUs are counted through NVML
 (never CUDA, so the master stays fork-safe) within CUDA_VISIBLE_DEVICES. Each worker runs one prediction
@@ -34,10 +40,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from container.paths import SageMakerPaths
+from container.serving.user_code import UserCode, locate
 
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_MAX_PAYLOAD_MB = 6
+DEFAULT_ACCEPT = "application/json"   # sagemaker-inference's default for SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT
 GRACEFUL_TIMEOUT_S = 25          # SageMaker sends SIGKILL 30 s after SIGTERM
 KEEPALIVE_S = 60                 # SageMaker's front end reuses connections
 THREADS_PER_WORKER = 8           # one computes, the others answer /ping and wait their turn
@@ -66,6 +74,9 @@ class ServingSettings:
     log_level: int = logging.INFO
     log_ping: bool = False
     image_role: str = "serve"
+    user_code: UserCode | None = None          # handler mode when set (see user_code.py)
+    code_dirs: tuple[pathlib.Path, ...] = ()   # where user code was looked for, for the start-up error
+    default_accept: str = DEFAULT_ACCEPT
 
     @property
     def max_payload_bytes(self) -> int | None:
@@ -83,12 +94,15 @@ class ServingSettings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ, *, cpus: int | None = None,
                      gpus: int | None = None) -> ServingSettings:
-        """Reads and checks every variable; `cpus`/`gpus` replace detection (tests)."""
+        """Reads and checks every variable; `cpus`/`gpus` replace detection (tests). SettingsError for a bad
+        value; user_code.UserCodeError when SAGEMAKER_PROGRAM names a file found nowhere."""
         cpus = usable_cpus() if cpus is None else cpus
         gpus = visible_gpus(environ) if gpus is None else gpus
         workers = _positive_int(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", max(cpus, gpus, 1))
+        model_dir = SageMakerPaths.from_environ(environ).model_dir
+        code = locate(environ, model_dir)
         return cls(
-            model_dir=SageMakerPaths.from_environ(environ).model_dir,
+            model_dir=model_dir,
             readiness_dir=pathlib.Path(tempfile.gettempdir()) / f"hyperplane-readiness-{os.getpid()}",
             port=_port(environ),
             workers=workers,
@@ -99,6 +113,9 @@ class ServingSettings:
             log_level=_log_level(environ),
             log_ping=_flag(environ, "HYPERPLANE_LOG_PING"),
             image_role=environ.get("HYPERPLANE_IMAGE_ROLE", "").strip().lower() or "serve",
+            user_code=code.found,
+            code_dirs=code.folders,
+            default_accept=_default_accept(environ),
         )
 
 
@@ -156,6 +173,17 @@ def _log_level(environ: Mapping[str, str]) -> int:
                                 "number)")
         return level
     return logging.INFO
+
+
+def _default_accept(environ: Mapping[str, str]) -> str:
+    name = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return DEFAULT_ACCEPT
+    kind, slash, subtype = raw.partition("/")
+    if not slash or not kind or not subtype or any(c in raw for c in "*,; "):
+        raise SettingsError(f"{name}={raw!r} is not one media type such as application/json or text/csv")
+    return raw
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:

@@ -4,64 +4,17 @@ or setting ends the process non-zero with one clear log line. About 10 s: each s
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
 
+from tests.serving.process import StartServer
 from tests.serving.requests_data import ROWS, csv_body
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, base_dir: pathlib.Path, tmp_dir: pathlib.Path, **environ: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGEMAKER_BASE_DIR": str(base_dir),
-               "TMPDIR": str(tmp_dir),   # the readiness folder, even when a test kills the server
-               "SAGEMAKER_BIND_TO_PORT": str(self.port), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", **environ}
-        self.started = time.monotonic()
-        self.process = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env, cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        self.stop()
-        assert self.process.stdout is not None
-        return self.process.stdout.read()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def start(tmp_path: pathlib.Path) -> Iterator[type[Server]]:
-    servers: list[Server] = []
-
-    class Tracked(Server):
-        def __init__(self, base_dir: pathlib.Path, **environ: str) -> None:
-            super().__init__(base_dir, tmp_path, **environ)
-            servers.append(self)
-
-    yield Tracked
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +24,7 @@ def base_dir(mixed_model_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFac
     return root
 
 
-def test_bound_at_once_503_until_ready_then_200_and_sigterm_drains(start: type[Server],
+def test_bound_at_once_503_until_ready_then_200_and_sigterm_drains(start: StartServer,
                                                                    base_dir: pathlib.Path) -> None:
     server = start(base_dir)
     while True:
@@ -117,7 +70,7 @@ def test_bound_at_once_503_until_ready_then_200_and_sigterm_drains(start: type[S
     assert "path=/ping" not in log
 
 
-def test_broken_artifact_exits_non_zero_with_a_clear_line(start: type[Server], tmp_path: pathlib.Path) -> None:
+def test_broken_artifact_exits_non_zero_with_a_clear_line(start: StartServer, tmp_path: pathlib.Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "hyperplane-regressor.pt").write_bytes(b"\x00garbage")
     server = start(tmp_path)
@@ -127,7 +80,7 @@ def test_broken_artifact_exits_non_zero_with_a_clear_line(start: type[Server], t
     assert "Booting worker" not in log   # caught in the master, before any fork
 
 
-def test_bad_setting_exits_2_naming_it(start: type[Server], base_dir: pathlib.Path) -> None:
+def test_bad_setting_exits_2_naming_it(start: StartServer, base_dir: pathlib.Path) -> None:
     server = start(base_dir, SAGEMAKER_SAFE_PORT_RANGE="1-2")
     assert server.process.wait(timeout=30) == 2
     assert "SAGEMAKER_BIND_TO_PORT" in server.log()
