@@ -42,13 +42,13 @@ def pip_available() -> bool:
     return importlib.util.find_spec("pip") is not None
 
 
-def run_pip(command: Sequence[str]) -> int:
+def run_pip(command: Sequence[str], cwd: pathlib.Path) -> int:
     """Runs pip with the container's stdout and stderr, so its output lands in the log as it comes."""
-    return subprocess.run(list(command), check=False).returncode
+    return subprocess.run(list(command), cwd=cwd, check=False).returncode
 
 
 def prepare(settings: ServingSettings, *, pip_available: Callable[[], bool] = pip_available,
-            install: Callable[[Sequence[str]], int] = run_pip) -> Mode:
+            install: Callable[[Sequence[str], pathlib.Path], int] = run_pip) -> Mode:
     code = settings.user_code
     if code is not None:
         log.info("serving user handlers %s from %s (SAGEMAKER_PROGRAM=%s, found in %s)", code.module,
@@ -61,14 +61,16 @@ def prepare(settings: ServingSettings, *, pip_available: Callable[[], bool] = pi
 
 
 def install_requirements(path: pathlib.Path, pip_available: Callable[[], bool],
-                         install: Callable[[Sequence[str]], int]) -> None:
+                         install: Callable[[Sequence[str], pathlib.Path], int]) -> None:
     if not pip_available():
         raise StartError(f"{path} lists requirements, but this serving image has no pip to install them at "
                          "start: serve with the training image, or build an image FROM hyperplane-serve that "
                          "installs them")
     command = [sys.executable, "-m", "pip", "install", "--no-input", "-r", str(path)]
     log.info("installing the user's requirements: %s", " ".join(command))
-    status = install(command)
+    # From the code folder, as sagemaker-training installs it: relative paths in the file (a wheel
+    # shipped in source_dir) resolve there.
+    status = install(command, path.parent)
     if status != 0:
         raise StartError(f"pip install -r {path} failed with exit code {status} (its output is above)")
     importlib.invalidate_caches()   # the workers fork from here and import what was just installed

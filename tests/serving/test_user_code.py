@@ -108,7 +108,7 @@ def _code(tmp_path: pathlib.Path, requirements: bool = False) -> UserCode:
                     folder / "requirements.txt" if requirements else None)
 
 
-def _no_install(command: Sequence[str]) -> int:
+def _no_install(command: Sequence[str], cwd: pathlib.Path) -> int:
     raise AssertionError(f"nothing should be installed: {command}")
 
 
@@ -137,16 +137,19 @@ def test_neither_code_nor_artifact_is_one_clear_error(tmp_path: pathlib.Path) ->
 def test_requirements_are_installed_with_pip_before_forking(tmp_path: pathlib.Path) -> None:
     settings = make_settings(tmp_path, user_code=_code(tmp_path, requirements=True))
     commands: list[Sequence[str]] = []
+    folders: list[pathlib.Path] = []
 
-    def install(command: Sequence[str]) -> int:
+    def install(command: Sequence[str], cwd: pathlib.Path) -> int:
         commands.append(command)
+        folders.append(cwd)
         return 0
 
     assert prepare(settings, pip_available=lambda: True, install=install) == "handlers"
     assert [list(command[1:]) for command in commands] == [
         ["-m", "pip", "install", "--no-input", "-r", str(tmp_path / "code" / "requirements.txt")]]
+    assert folders == [tmp_path / "code"]   # relative paths in the file resolve in the code folder
     with pytest.raises(StartError, match=r"pip install -r .*requirements.txt failed with exit code 1"):
-        prepare(settings, pip_available=lambda: True, install=lambda command: 1)
+        prepare(settings, pip_available=lambda: True, install=lambda command, cwd: 1)
 
 
 def test_requirements_without_pip_refuse_to_start(tmp_path: pathlib.Path) -> None:
