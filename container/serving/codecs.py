@@ -13,7 +13,8 @@ Inputs (media type matched case-insensitively, parameters allowed; rows are labe
 Outputs, one record per input row, in order:
     text/csv               one prediction per line          application/jsonlines  {"prediction": x} per line
     application/json       {"predictions": [x, ...]}
-Every line of a CSV or JSON Lines response ends with a newline. Numbers are written with Python's
+Every line of a CSV or JSON Lines response ends with a newline, except the last one in a batch transform
+(SAGEMAKER_BATCH), where SageMaker adds it. Numbers are written with Python's
 shortest round-trip repr, so a client reads back exactly the float64 the model computed.
 """
 
@@ -90,19 +91,20 @@ def response_type(accept: MIMEAccept, request_type: str) -> str:
     return best
 
 
-def encode(predictions: np.ndarray, mimetype: str) -> bytes:
+def encode(predictions: np.ndarray, mimetype: str, *, final_newline: bool = True) -> bytes:
+    """The response body. `final_newline=False` (batch transform) leaves the newline after the last CSV or
+    JSON Lines record out: SageMaker's AssembleWith=Line adds one after every mini-batch, and a second would
+    put an empty line into the output and shift it against the input."""
     values = [float(value) for value in predictions]
     for index, value in enumerate(values):
         if not math.isfinite(value):
             raise InvalidInput(f"the prediction is {value} (the input lies far outside the training data)",
                                row=index + 1)
-    if mimetype == CSV:
-        text = "".join(f"{value!r}\n" for value in values)
-    elif mimetype == JSON:
-        text = json.dumps({"predictions": values})
-    else:
-        text = "".join(json.dumps({"prediction": value}) + "\n" for value in values)
-    return text.encode()
+    if mimetype == JSON:
+        return json.dumps({"predictions": values}).encode()
+    lines = [f"{value!r}" for value in values] if mimetype == CSV else \
+        [json.dumps({"prediction": value}) for value in values]
+    return ("\n".join(lines) + ("\n" if final_newline else "")).encode()
 
 
 def _text(body: bytes, charset: str) -> str:
@@ -152,6 +154,9 @@ def _parse_json(text: str, row: int | None = None) -> Any:
     except json.JSONDecodeError as error:
         where = f"line {error.lineno} column {error.colno}" if row is None else f"column {error.colno}"
         raise InvalidInput(f"malformed JSON: {error.msg} at {where}", row=row) from None
+    except RecursionError:   # the parser recurses per level: [[[[... thousands deep exhausts the stack
+        raise InvalidInput("the JSON is nested too deeply; an instance is a flat list or object of values",
+                           row=row) from None
 
 
 def _decode_json(document: Any, schema: InputSchema) -> Table:

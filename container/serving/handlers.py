@@ -60,7 +60,7 @@ from container.serving.user_code import UserCode
 
 INPUT_TYPES = (content_types.JSON, content_types.CSV, content_types.NPY, content_types.NPZ)
 ENCODER_TYPES = (content_types.JSON, content_types.CSV, content_types.NPY)   # the toolkit's encoder.py
-_BAD_BODY = (ValueError, TypeError, EOFError, OSError, KeyError, zipfile.BadZipFile)
+_BAD_BODY = (ValueError, TypeError, EOFError, OSError, KeyError, zipfile.BadZipFile, RecursionError)
 
 log = logging.getLogger("hyperplane.serve")
 
@@ -267,7 +267,8 @@ class SafeInferenceHandler(DefaultInferenceHandler):  # type: ignore[misc]
 
     def default_predict_fn(self, data: Any, model: Any, context: Any = None) -> Any:
         """A torch.nn.Module gets the input as a float32 tensor on its device, in eval mode (set once),
-        without gradients, and the output comes back as a numpy array (as AWS's PyTorch container does).
+        without gradients, and the output comes back as a numpy array (as AWS's PyTorch container does);
+        an input the module cannot take (its shape) is a 400.
         Anything else keeps the toolkit's NotImplementedError: define predict_fn."""
         torch = sys.modules.get("torch")                  # a Module exists only if torch was imported
         if torch is None or not isinstance(model, torch.nn.Module):
@@ -281,7 +282,15 @@ class SafeInferenceHandler(DefaultInferenceHandler):  # type: ignore[misc]
         except (TypeError, ValueError, RuntimeError) as error:
             raise InvalidInput(f"the input is not an array of numbers: {describe(error)}") from None
         with torch.no_grad():
-            output = model(tensor)
+            try:
+                output = model(tensor)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except (RuntimeError, ValueError, IndexError) as error:
+                # The client's array goes to the model as it came: a shape or size the model cannot take
+                # is the client's to fix (a 400), not a server error.
+                raise InvalidInput(f"an input of shape {tuple(tensor.shape)} does not fit the model: "
+                                   f"{describe(error)}") from None
         return output.cpu().numpy() if isinstance(output, torch.Tensor) else output
 
 

@@ -49,8 +49,9 @@ log = logging.getLogger("hyperplane.serve")
 class Predictor:
     """One regressor as a Servable; one request at a time (see settings.PREDICTIONS_PER_WORKER)."""
 
-    def __init__(self, regressor: Regressor) -> None:
+    def __init__(self, regressor: Regressor, *, batch: bool = False) -> None:
         self.regressor = regressor
+        self.batch = batch   # a transform job: no newline after the last record (codecs.encode)
         self.version = str(regressor.info.get("version", "unknown"))
         self.schema = InputSchema(tuple(regressor.feature_names), regressor.target, regressor.numeric_only)
         self.lock = threading.Lock()
@@ -63,7 +64,7 @@ class Predictor:
         response_type = codecs.response_type(request.accept, request.mimetype)
         try:
             table = codecs.decode(body, request.mimetype, request.params, self.schema)
-            payload = codecs.encode(self.predict(table), response_type)
+            payload = codecs.encode(self.predict(table), response_type, final_newline=not self.batch)
         except DataError as error:
             raise InvalidInput.from_data_error(error) from None
         return Answer(payload, get_content_type(response_type, "utf-8"), rows=table.n_rows)
@@ -137,7 +138,7 @@ class ModelLoader:
 
         torch.set_num_threads(self.settings.torch_threads)
         device = self._device(worker_index, torch.cuda.is_available())
-        return Predictor(artifact.load(self.settings.model_dir).to(device)), device
+        return Predictor(artifact.load(self.settings.model_dir).to(device), batch=self.settings.batch), device
 
     def _load_handlers(self, worker_index: int) -> tuple[Servable, str]:
         """The user's model_fn runs here, in the worker after fork, so CUDA is safe. torch (present in both

@@ -13,6 +13,8 @@ to the module user_code.py located.)
     SAGEMAKER_MAX_PAYLOAD_IN_MB     6                       request body limit in MiB (413 beyond); 0 = none
     LOG_LEVEL, SAGEMAKER_CONTAINER_LOG_LEVEL  INFO          name or number; LOG_LEVEL wins when both are set
     HYPERPLANE_LOG_PING             false                   also log one line per /ping
+    SAGEMAKER_BATCH                 false                   a transform job: no newline after a response's
+                                                            last CSV/JSON Lines record (codecs.encode)
     HYPERPLANE_IMAGE_ROLE           -                       `train` in the training image (Dockerfile)
     SAGEMAKER_PROGRAM               inference.py            the user's handler module (user_code.py)
     SAGEMAKER_SUBMIT_DIRECTORY      -                       a local folder searched first for it
@@ -73,6 +75,7 @@ class ServingSettings:
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
     log_level: int = logging.INFO
     log_ping: bool = False
+    batch: bool = False               # a batch transform job (SageMaker sets SAGEMAKER_BATCH)
     image_role: str = "serve"
     user_code: UserCode | None = None          # handler mode when set (see user_code.py)
     code_dirs: tuple[pathlib.Path, ...] = ()   # where user code was looked for, for the start-up error
@@ -112,6 +115,7 @@ class ServingSettings:
             max_payload_mb=_int(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, minimum=0),
             log_level=_log_level(environ),
             log_ping=_flag(environ, "HYPERPLANE_LOG_PING"),
+            batch=_flag(environ, "SAGEMAKER_BATCH"),
             image_role=environ.get("HYPERPLANE_IMAGE_ROLE", "").strip().lower() or "serve",
             user_code=code.found,
             code_dirs=code.folders,

@@ -44,6 +44,8 @@ FEATURES = CARS_HEADER.strip().split(",")[1:]                     # training ord
 TRAIN_ROWS = CARS_LINES[:300]                                     # with the header: a few hundred cars
 REQUEST_ROWS = [line.strip().split(",")[1:] for line in CARS_LINES[1000:1020]]
 TRANSFORM_LINES = [line.split(",", 1)[1] for line in CARS_LINES[600:900]]   # 300 lines, no target
+# The transform input repeats them: 2.2 MB, so that max_payload=1 (MB) makes local mode send 3 mini-batches.
+TRANSFORM_REPEAT = 110
 # Python values, not strings: the SDK's own str() quoting (v2) or JSON (v3) reaches the container,
 # with an int, a float, a str, a bool and a list among them.
 HYPERPARAMETERS: dict[str, Any] = {"epochs": 30, "hidden_layers": "16", "ensemble_size": 2,
@@ -84,7 +86,7 @@ def write_inputs(root: pathlib.Path) -> dict[str, str]:
     (train_dir / "cars.csv").write_text(CARS_HEADER + "".join(TRAIN_ROWS))
     transform_dir = root / "data" / "transform"
     transform_dir.mkdir(parents=True)
-    (transform_dir / "cars.csv").write_text("".join(TRANSFORM_LINES))
+    (transform_dir / "cars.csv").write_text("".join(TRANSFORM_LINES) * TRANSFORM_REPEAT)
     return {"train_dir": str(train_dir), "transform_input": str(transform_dir / "cars.csv")}
 
 

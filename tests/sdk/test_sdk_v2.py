@@ -23,6 +23,7 @@ from tests.sdk.conftest import (
     HYPERPARAMETERS,
     REQUEST_ROWS,
     TRANSFORM_LINES,
+    TRANSFORM_REPEAT,
     Hygiene,
     assert_close,
     free_port,
@@ -164,11 +165,15 @@ def _assert_transform(v2: V2Run, name: str) -> None:
     result = step(v2.steps, name)
     assert result["files"] == ["cars.csv.out"]
     out = v2.transform_out[name]
-    # Local mode writes b"\n" after every response when AssembleWith=Line (sagemaker/local/entities.py),
-    # and the server ends every CSV line with one: the one mini-batch here ends in a blank line.
-    lines = out.removesuffix("\n").splitlines() if out.endswith("\n\n") else out.splitlines()
-    assert len(lines) == len(TRANSFORM_LINES) == 300 and all(line.strip() for line in lines)
-    assert_close([float(line) for line in lines], predict_rows(v2.models["mixed"], transform_rows()))
+    assert len("".join(TRANSFORM_LINES)) * TRANSFORM_REPEAT > 2 * 1024 * 1024   # max_payload=1: 3 mini-batches
+    # Local mode writes b"\n" after every response when AssembleWith=Line (sagemaker/local/entities.py), as
+    # SageMaker does; the server (SAGEMAKER_BATCH) leaves that newline to it: one line per input line, in
+    # order, no empty line between mini-batches, the file ending with the last one's newline.
+    assert out.endswith("\n") and not out.endswith("\n\n")
+    lines = out[:-1].split("\n")
+    assert len(lines) == len(TRANSFORM_LINES) * TRANSFORM_REPEAT and all(line.strip() for line in lines)
+    assert_close([float(line) for line in lines],
+                 np.tile(predict_rows(v2.models["mixed"], transform_rows()), TRANSFORM_REPEAT))
 
 
 def test_d_batch_transform_from_the_estimator(v2: V2Run) -> None:

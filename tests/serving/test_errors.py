@@ -231,3 +231,14 @@ def test_other_routes_and_methods_are_json_errors(client: FlaskClient) -> None:
     assert _error(response, 405)["error"] == "Method Not Allowed"
     assert "POST" in response.headers["Allow"]
     assert _error(client.get("/ping/"), 404)
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("application/json", "[" * 100_000 + "]" * 100_000),
+    ("application/json", '{"instances": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+    ("application/jsonlines", "[1]\n" + "[" * 50_000 + "]" * 50_000 + "\n"),
+])
+def test_json_nested_beyond_reason_is_a_400(client: FlaskClient, content_type: str, body: str) -> None:
+    error = _error(client.post("/invocations", data=body, content_type=content_type), 400)
+    assert "nested too deeply" in error["message"]
+    assert client.post("/invocations", data=csv_body(ROWS[:1]), content_type="text/csv").status_code == 200

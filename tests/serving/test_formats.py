@@ -4,15 +4,18 @@ input row in order, and exactly the predictions Regressor.predict makes on the s
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from container.serving.app import LoadedPredictor, create_app
+from container.serving.predictor import Predictor
 from model.regressor import Regressor
 from model.table import Table
-from tests.serving.conftest import ClientFactory
+from tests.serving.conftest import ClientFactory, make_settings
 from tests.serving.requests_data import FEATURES, PARSERS, ROWS, bodies, csv_body, npy_body, shuffled
 
 FORMATS = bodies(ROWS)
@@ -140,3 +143,18 @@ def test_execution_parameters(client_for: ClientFactory, mixed_model: Regressor)
     response = client.get("/execution-parameters")
     assert response.status_code == 200
     assert response.json == {"MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 20}
+
+
+@pytest.mark.parametrize("mimetype", ["text/csv", "application/jsonlines"])
+def test_a_batch_transform_response_leaves_the_last_newline_to_sagemaker(
+        tmp_path: pathlib.Path, mixed_model: Regressor, mimetype: str) -> None:
+    """SAGEMAKER_BATCH: AssembleWith=Line appends a newline after each mini-batch's response, so the
+    response itself must not end with one, or the output gets an empty line per mini-batch."""
+    batch = create_app(make_settings(tmp_path, batch=True),
+                       LoadedPredictor(Predictor(mixed_model, batch=True))).test_client()
+    online = create_app(make_settings(tmp_path), LoadedPredictor(Predictor(mixed_model))).test_client()
+    body = csv_body(ROWS[:3])
+    answers = [client.post("/invocations", data=body, content_type="text/csv", headers={"Accept": mimetype})
+               .get_data(as_text=True) for client in (batch, online)]
+    assert answers[1] == answers[0] + "\n"
+    assert len(answers[0].split("\n")) == 3 and all(answers[0].split("\n"))

@@ -162,7 +162,7 @@ def transform_on_serving_model(est: Estimator) -> dict[str, Any]:
                                       "Environment": {}})                                # F19
     try:
         return transform(Transformer(model_name=name, instance_count=1, instance_type="local",
-                                     strategy="MultiRecord", assemble_with="Line", accept="text/csv",
+                                     strategy="MultiRecord", assemble_with="Line", accept="text/csv", max_payload=1,
                                      output_path="file://" + out_dir("transform-model"),
                                      sagemaker_session=session))
     finally:
@@ -197,8 +197,9 @@ def main() -> None:
         steps.run("model_deploy", lambda: on_endpoint(
             lambda: model_predictor(own_copy(est.model_data, "model-mixed"), "hyperplane-model-mixed"),
             predict_all))
+        # max_payload=1: several mini-batches, whose responses local mode joins with a newline each
         steps.run("transform_estimator", lambda: transform(est.transformer(
-            instance_count=1, instance_type="local", strategy="MultiRecord", assemble_with="Line",
+            instance_count=1, instance_type="local", strategy="MultiRecord", assemble_with="Line", max_payload=1,
             output_path="file://" + out_dir("transform-estimator"), accept="text/csv")))
         steps.run("transform_model", lambda: transform_on_serving_model(est))
     if numeric is not None:
