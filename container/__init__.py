@@ -8,5 +8,6 @@ and the model package (config files, channels, HTTP). It knows SageMaker's contr
                         config -> channels -> fit -> artifact, metrics
     script_mode.py      the user's entry point through sagemaker-training: SIGTERM, exit code, traceback
     failure.py          output/failure, the one place a failed job is reported
+    stopping.py         SIGTERM in the built-in training: a stop request, exit code 143
     serve.py            `serve`: gunicorn with the Flask app in serving/
 """

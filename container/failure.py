@@ -25,3 +25,16 @@ def report_failure(paths: SageMakerPaths, reason: str, details: str = "") -> Non
         paths.failure_file.write_text(text)
     except OSError as error:
         log.error("could not write %s: %s", paths.failure_file, error)
+
+
+def clear_stale_failure(paths: SageMakerPaths) -> None:
+    """Removes an output/failure left by an earlier run in the same folder (a restarted `docker run`; SageMaker
+    itself starts every job with an empty output folder), so that a job that succeeds leaves none."""
+    try:
+        paths.failure_file.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        log.warning("could not remove the failure file of an earlier run, %s: %s", paths.failure_file, error)
+        return
+    log.info("removed %s, left by an earlier run", paths.failure_file)

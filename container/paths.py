@@ -56,3 +56,9 @@ class SageMakerPaths:
     @property
     def failure_file(self) -> pathlib.Path:
         return self.output_dir / "failure"
+
+    @property
+    def checkpoints_dir(self) -> pathlib.Path:
+        """The folder SageMaker syncs with the job's checkpoint_s3_uri (downloaded before `train` starts,
+        uploaded as files change); /opt/ml/checkpoints, SageMaker's default checkpoint_local_path."""
+        return self.root / "checkpoints"

@@ -10,7 +10,11 @@ reads input/config/*.json, the channels under input/data, fits the model and wri
 - output/data/metrics.json        train/validation/test metrics,
 - output/failure                  on failure: one sentence naming the cause, then (for bugs) the traceback.
 Every epoch logs one `key=value` line that SageMaker metric_definitions can match (see the README).
-Exit codes: 0 success, 2 a problem with the configuration or data, 1 a bug.
+The built-in regressor checkpoints to checkpoints/ (what SageMaker syncs with checkpoint_s3_uri), resumes
+from a checkpoint found there, and on SIGTERM (StopTrainingJob, spot interruption) stops after the current
+optimiser step with a checkpoint (container/stopping.py, model/checkpointing.py).
+Exit codes: 0 success, 2 a problem with the configuration or data (a foreign or damaged checkpoint too),
+1 a bug, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -27,13 +31,18 @@ from typing import Any
 
 from container.channels import read_channels
 from container.errors import EXIT_INTERNAL_ERROR, JobError
-from container.failure import report_failure
+from container.failure import clear_stale_failure, report_failure
 from container.hyperparameters import parse_hyperparameters
 from container.paths import SageMakerPaths
 from container.script_mode import find_entry_point, run_entry_point
+from container.stopping import JobStopped, StopRequest, stop_on_sigterm
 from model import artifact
+from model.checkpoint import CheckpointError
+from model.checkpointing import Checkpointing, TrainingStopped, discard
+from model.config import TrainingConfig
 from model.errors import DataError
-from model.training import EpochReport, fit
+from model.table import Table
+from model.training import EpochReport, FitResult, fit
 
 log = logging.getLogger("hyperplane.train")
 CONFIG_FILE_LIMIT = 1024 * 1024   # hyperparameters.json holds at most 100 values of 2,500 characters
@@ -52,9 +61,12 @@ def run(paths: SageMakerPaths, environ: Mapping[str, str] = os.environ) -> int:
         if entry is not None:
             log.info("training with the user's entry point %s (named by %s), run through sagemaker-training",
                      entry.program, entry.named_by)
+        else:
+            log.info("training the built-in regressor: no entry point is named (neither SAGEMAKER_PROGRAM nor "
+                     "the sagemaker_program hyperparameter is set)")
+        clear_stale_failure(paths)
+        if entry is not None:
             return run_entry_point(paths, entry, hyperparameters, environ)
-        log.info("training the built-in regressor: no entry point is named (neither SAGEMAKER_PROGRAM nor the "
-                 "sagemaker_program hyperparameter is set)")
         train(paths, hyperparameters)
     except (JobError, DataError) as error:
         report_failure(paths, f"{error}")
@@ -67,6 +79,12 @@ def run(paths: SageMakerPaths, environ: Mapping[str, str] = os.environ) -> int:
 
 
 def train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any]) -> None:
+    """The built-in regressor's job; SIGTERM while it runs stops it with a checkpoint (JobStopped)."""
+    with stop_on_sigterm() as stop:
+        _train(paths, hyperparameters, stop)
+
+
+def _train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any], stop: StopRequest) -> None:
     started = time.monotonic()
     config = parse_hyperparameters(hyperparameters)
     resources = _read_json(paths.resource_config) or {}
@@ -82,7 +100,11 @@ def train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any]) -> None:
     log.info("read %d training rows x %d columns%s%s", channels.train.n_rows, len(channels.train.names),
              f", {channels.validation.n_rows} validation rows" if channels.validation else "",
              f", {channels.test.n_rows} test rows" if channels.test else "")
-    result = fit(channels.train, config, channels.validation, channels.test, on_epoch=_log_epoch)
+    checkpointing = Checkpointing(paths.checkpoints_dir, config.checkpoint_epochs, config.checkpoint_seconds,
+                                  stop.requested)
+    result = _fit(config, channels.train, channels.validation, channels.test, checkpointing, stop)
+    if stop.requested():
+        log.info("SIGTERM came after the last training step: the job finishes writing the model")
     path = artifact.save(result.regressor, paths.model_dir)
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
     metrics = {**result.metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
@@ -90,8 +112,32 @@ def train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any]) -> None:
     for split, values in result.metrics.items():
         print(" ".join(f"{split}_{key}={value:.6g}" for key, value in values.items() if key != "rows"),
               flush=True)
+    # Only now that the model is written: SageMaker mirrors the deletion to checkpoint_s3_uri, and a later
+    # job with the same checkpoint folder trains from the start instead of resuming a finished run.
+    discard(checkpointing)
     log.info("best epoch %d of %d; model written to %s in %.1f s", result.best_epoch, result.epochs_run, path,
              time.monotonic() - started)
+
+
+def _fit(config: TrainingConfig, train: Table, validation: Table | None, test: Table | None,
+         checkpointing: Checkpointing, stop: StopRequest) -> FitResult:
+    """fit() with checkpoints, and the two ways it can end early as JobErrors."""
+    try:
+        return fit(train, config, validation, test, on_epoch=_log_epoch, checkpointing=checkpointing)
+    except CheckpointError as error:
+        raise JobError(f"{error} (on SageMaker the checkpoint folder is the job's checkpoint_s3_uri)") from None
+    except TrainingStopped as stopped:
+        log.info("stopping %.1f s after SIGTERM, %s", stop.seconds_since(), stopped.position.describe())
+        raise JobStopped(_stopped_reason(checkpointing.folder, stopped)) from None
+
+
+def _stopped_reason(folder: pathlib.Path, stopped: TrainingStopped) -> str:
+    """The failure file's first line for a job SIGTERM stopped: where, and whether it can resume."""
+    where = f"the training job was stopped (SIGTERM) {stopped.position.describe()}"
+    if stopped.checkpoint is not None:
+        return (f"{where}; a checkpoint is in {folder}: start the job again with the same "
+                "checkpoint folder (checkpoint_s3_uri) to resume")
+    return f"{where}; no checkpoint was written ({stopped.not_written}): a new job starts from the beginning"
 
 
 def _log_epoch(report: EpochReport) -> None:

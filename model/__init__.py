@@ -9,6 +9,8 @@ package drives it. The pieces, in the order data flows through them:
     network.py        the linear model (the hyperplane) or an MLP
     config.py         TrainingConfig: every knob a user can set, typed and documented
     training.py       fit(): split, preprocess, optimise with early stopping, measure
+    checkpointing.py  when fit() checkpoints, resumes and stops (the caller's Checkpointing)
+    checkpoint.py     the checkpoint file: what decides the rest of a run, written atomically
     regressor.py      Regressor: preprocessing + network, table in, predictions out
     artifact.py       save/load one self-describing, versioned file (never unpickles code)
 """

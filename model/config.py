@@ -11,6 +11,8 @@ from typing import Any
 
 from model.preprocessing import TARGET_TRANSFORMS
 
+CHECKPOINT_SETTINGS = ("checkpoint_epochs", "checkpoint_seconds")   # when to save, not what is learned
+
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -45,6 +47,12 @@ class TrainingConfig:
     device: str = _setting("auto", "`auto` (CUDA when available, else CPU), `cpu` or `cuda`.")
     csv_header: str = _setting("auto", "`auto`, `present` or `absent`: whether CSV files start with a "
                                        "header row; `auto` detects it.")
+    checkpoint_epochs: int = _setting(10, "Write a checkpoint every this many epochs (0: no epoch trigger); "
+                                          "a stopped job started again with the same checkpoint folder "
+                                          "resumes from it.")
+    checkpoint_seconds: int = _setting(300, "Also write a checkpoint when this many seconds have passed since "
+                                            "the last one (0: no time trigger); both 0 turns checkpointing "
+                                            "off: no checkpoint is read or written.")
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +67,9 @@ class TrainingConfig:
         for name in ("epochs", "batch_size", "patience", "ensemble_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        for name in CHECKPOINT_SETTINGS:
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 (off) or positive")
         if not 0 <= self.dropout < 1:
             problems.append("dropout must be in [0, 1)")
         if not 0 < self.validation_fraction < 1:
@@ -70,6 +81,11 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    def training_settings(self) -> dict[str, Any]:
+        """to_dict() without the checkpoint frequencies: the settings that decide the model, which a
+        checkpoint must share with the job that resumes from it (how often it is saved changes nothing)."""
+        return {name: value for name, value in self.to_dict().items() if name not in CHECKPOINT_SETTINGS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:

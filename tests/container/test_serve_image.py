@@ -11,10 +11,12 @@ removed by the fixture that started it. Needs a Docker engine (`pytest -m docker
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import socket
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -85,15 +87,15 @@ Start = Callable[..., Container]
 
 @pytest.fixture(scope="module")
 def start_container() -> Iterator[Start]:
-    """start(image, model_dir, *command, env={...}, container_port=8080) -> a detached container."""
+    """start(image, model_dir, *command, env={...}, container_port=8080, user=None) -> a detached container."""
     names: list[str] = []
 
     def start(image: str, model_dir: pathlib.Path, *command: str, env: dict[str, str] | None = None,
-              container_port: int = 8080) -> Container:
+              container_port: int = 8080, user: str | None = None) -> Container:
         name = f"hyperplane-serve-test-{uuid.uuid4().hex[:10]}"
         port = free_port()
         args = ["run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:{container_port}",
-                "-v", f"{model_dir}:/opt/ml/model:ro"]
+                "-v", f"{model_dir}:/opt/ml/model:ro", *(["--user", user] if user else [])]
         for key, value in {"SAGEMAKER_MODEL_SERVER_WORKERS": str(WORKERS), **(env or {})}.items():
             args += ["-e", f"{key}={value}"]
         names.append(name)
@@ -246,20 +248,22 @@ def test_no_command_serves(start_container: Start, serve_image: str, trained_mod
 
 def test_model_folder_with_tarball_and_other_files(start_container: Start, serve_image: str,
                                                    trained_model_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    """SDK local mode mounts the folder model.tar.gz was extracted in; extra files must not matter."""
+    """SDK local mode mounts the folder model.tar.gz was extracted in; extra files must not matter (a
+    code/ folder without the handler module included: code/inference.py would be the user's handlers,
+    tests/container/test_handlers_image.py)."""
     folder = tmp_path / "model"
     shutil.copytree(trained_model_dir, folder)
     with tarfile.open(folder / "model.tar.gz", "w:gz") as tar:
         tar.add(trained_model_dir / artifact.ARTIFACT_NAME, arcname=artifact.ARTIFACT_NAME)
     (folder / "code").mkdir()
-    (folder / "code" / "inference.py").write_text("# ignored\n")
+    (folder / "code" / "notes.py").write_text("# not the handler module\n")
     container = start_container(serve_image, folder, "serve").wait_ready()
     assert container.post(csv_body(ROWS[:3]), "text/csv").status_code == 200
 
 
 @pytest.mark.parametrize(("content", "words"), [
     (b"\x00 definitely not a model", "is not a readable artifact"),
-    (None, "no model artifact"),
+    (None, "no user code (inference.py in /opt/ml/model/code) and no hyperplane artifact in /opt/ml/model"),
 ])
 def test_broken_artifact_exits_non_zero_naming_the_problem(start_container: Start, serve_image: str,
                                                            tmp_path: pathlib.Path, content: bytes | None,
@@ -306,3 +310,19 @@ def test_the_training_image_serves_too(start_container: Start, train_image: str,
         "Dockerfile.train should set ENV HYPERPLANE_IMAGE_ROLE=train (the server reads it to log the note below)"
     assert "deploy the slimmer hyperplane-serve image in production" in container.logs()
 
+
+
+def test_serves_as_an_unprivileged_user(start_container: Start, serve_image: str, trained_model_dir: pathlib.Path,
+                                        model: Regressor) -> None:
+    # pytest's tmp_path sits below a 0700 folder that uid 1000 cannot enter: use a world-readable one.
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="hyperplane-serve-user-", dir="/tmp"))
+    try:
+        shutil.copytree(trained_model_dir, folder, dirs_exist_ok=True)
+        for path in (folder, *folder.rglob("*")):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        container = start_container(serve_image, folder, "serve", user="1000:1000").wait_ready()
+        assert docker("exec", container.name, "id", "-u").stdout.strip() == "1000"
+        response = container.post(csv_body(ROWS), "text/csv")
+        np.testing.assert_allclose(answered(response, "text/csv"), expected(model, ROWS), rtol=1e-6)
+    finally:
+        shutil.rmtree(folder)
