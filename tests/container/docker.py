@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
+import time
 import uuid
+from dataclasses import dataclass
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRAIN_IMAGE = "hyperplane-train:latest"
@@ -35,3 +37,36 @@ def run_job(root: pathlib.Path, *docker_args: str, command: tuple[str, ...] = ("
         return docker(*args, *docker_args, image, *command, check=False)
     finally:
         docker("rm", "-f", name, check=False)
+
+
+@dataclass(frozen=True)
+class Terminated:
+    exit_code: int
+    seconds_to_exit: float   # from `docker kill -s TERM` to the container's end
+    logs: str                # stdout and stderr
+
+
+def terminate_when_logged(image: str, root: pathlib.Path, line: str, *, limit_s: float,
+                          command: tuple[str, ...] = ("train",)) -> Terminated:
+    """`docker run -d` with `root` as /opt/ml, `docker kill -s TERM` once `line` is in the log (SageMaker's
+    StopTrainingJob, a spot interruption), then waits for the end; fails the test if the container runs
+    on for `limit_s` + 10 s after the signal. The container is removed whatever happens."""
+    name = f"hyperplane-test-{uuid.uuid4().hex[:10]}"
+    docker("run", "-d", "--name", name, "--network", "none", "-v", f"{root}:/opt/ml", image, *command)
+    try:
+        deadline = time.monotonic() + 120
+        while line not in docker("logs", name).stdout:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{line!r} never logged:\n{docker('logs', name).stdout[-3000:]}")
+            time.sleep(0.1)
+        docker("kill", "-s", "TERM", name)
+        killed = time.monotonic()
+        try:
+            code = int(docker("wait", name, timeout=limit_s + 10).stdout.strip())
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the container still ran {limit_s + 10} s after SIGTERM") from None
+        elapsed = time.monotonic() - killed
+        logs = docker("logs", name)
+    finally:
+        docker("rm", "-f", name, check=False)
+    return Terminated(code, elapsed, logs.stdout + logs.stderr)

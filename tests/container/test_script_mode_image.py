@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import subprocess
-import time
-import uuid
 import zipfile
 
 import pytest
 
-from tests.container.docker import docker, run_job
+from tests.container.docker import run_job, terminate_when_logged
 from tests.jobs import Job, lay_out_job
 
 pytestmark = pytest.mark.docker
@@ -74,25 +71,10 @@ def test_a_failing_script_writes_its_exception_to_the_failure_file(train_image: 
 
 def test_docker_kill_term_reaches_the_script_which_saves_and_stops(train_image: str, tmp_path: pathlib.Path) -> None:
     job = example_job(tmp_path, {"sagemaker_program": '"train.py"', "epochs": "100000000"})
-    name = f"hyperplane-test-{uuid.uuid4().hex[:10]}"
-    docker("run", "-d", "--name", name, "--network", "none", "-v", f"{job}:/opt/ml", train_image, "train")
-    try:
-        deadline = time.monotonic() + 120
-        while "epoch=50 " not in docker("logs", name).stdout:
-            assert time.monotonic() < deadline, docker("logs", name).stdout[-3000:]
-            time.sleep(0.5)
-        docker("kill", "-s", "TERM", name)
-        killed = time.monotonic()
-        code = int(docker("wait", name, timeout=STOP_LIMIT_S + 10).stdout.strip())
-        elapsed = time.monotonic() - killed
-        logs = docker("logs", name)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the container still ran {STOP_LIMIT_S + 10} s after SIGTERM")
-    finally:
-        docker("rm", "-f", name, check=False)
-    assert elapsed < STOP_LIMIT_S
-    assert code == 143, logs.stdout[-3000:] + logs.stderr[-3000:]
-    assert "SIGTERM received: saving the model after epoch" in logs.stdout
+    ended = terminate_when_logged(train_image, job, "epoch=50 ", limit_s=STOP_LIMIT_S)
+    assert ended.seconds_to_exit < STOP_LIMIT_S
+    assert ended.exit_code == 143, ended.logs[-3000:]
+    assert "SIGTERM received: saving the model after epoch" in ended.logs
     assert (job / "model/model.pt").is_file()
     assert (job / "output/failure").read_text().startswith(
         "the training job was stopped (SIGTERM); train.py exited with code 143")

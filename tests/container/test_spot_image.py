@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-import time
-import uuid
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 from model import artifact, checkpoint
-from tests.container.docker import docker, run_job
+from tests.container.docker import run_job, terminate_when_logged
 from tests.jobs import CARS_HEADER, CARS_LINES, Job, lay_out_job
 
 pytestmark = pytest.mark.docker
@@ -41,24 +38,9 @@ class Stopped:
 def stopped(train_image: str, tmp_path_factory: pytest.TempPathFactory) -> Stopped:
     """The job, sent SIGTERM once it has logged epoch 3."""
     root = lay_out_job(tmp_path_factory.mktemp("spot-stopped"), SPOT_JOB)
-    name = f"hyperplane-test-{uuid.uuid4().hex[:10]}"
-    docker("run", "-d", "--name", name, "--network", "none", "-v", f"{root}:/opt/ml", train_image, "train")
-    try:
-        deadline = time.monotonic() + 120
-        while "epoch=3 " not in docker("logs", name).stdout:
-            assert time.monotonic() < deadline, docker("logs", name).stdout[-3000:]
-            time.sleep(0.1)
-        docker("kill", "-s", "TERM", name)
-        killed = time.monotonic()
-        code = int(docker("wait", name, timeout=STOP_LIMIT_S + 10).stdout.strip())
-        elapsed = time.monotonic() - killed
-        logs = docker("logs", name)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the container still ran {STOP_LIMIT_S + 10} s after SIGTERM")
-    finally:
-        docker("rm", "-f", name, check=False)
-    print(f"sigterm_to_exit_s={elapsed:.2f}")   # docs/reliability.md quotes the median of a few runs
-    return Stopped(root, code, elapsed, logs.stdout + logs.stderr)
+    ended = terminate_when_logged(train_image, root, "epoch=3 ", limit_s=STOP_LIMIT_S)
+    print(f"sigterm_to_exit_s={ended.seconds_to_exit:.2f}")   # docs/reliability.md quotes the median of a few runs
+    return Stopped(root, ended.exit_code, ended.seconds_to_exit, ended.logs)
 
 
 def test_sigterm_stops_within_30_s_with_the_failure_file_and_a_checkpoint(stopped: Stopped) -> None:
