@@ -95,3 +95,29 @@ def typed(cell: str) -> int | float | str | None:
 def csv_numbers(body: bytes) -> list[float]:
     """A text/csv prediction body (one number per line) as floats."""
     return [float(line) for line in body.decode().splitlines() if line.strip()]
+
+
+def predict_on_local_endpoint(sm: Any, runtime: Any, name: str, container: dict[str, Any],
+                              rows: list[list[str]], instances: list[Any]) -> dict[str, Any]:
+    """SDK v3's low-level local calls (sagemaker.core.local): create the model, its endpoint config and
+    endpoint, send `rows` as one CSV and `instances` as one JSON request, delete all three again."""
+    sm.create_model(ModelName=name, PrimaryContainer=container)
+    try:
+        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
+            "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
+            "InstanceType": "local"}])
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=name)   # blocks until /ping answers 200
+        try:
+            csv = runtime.invoke_endpoint(EndpointName=name, ContentType="text/csv", Accept="text/csv",
+                                          Body="".join(",".join(row) + "\n" for row in rows).encode())
+            js = runtime.invoke_endpoint(EndpointName=name, ContentType="application/json",
+                                         Accept="application/json",
+                                         Body=json.dumps({"instances": instances}).encode())
+            return {"csv_status": csv["Body"].status, "csv": csv_numbers(csv["Body"].read()),
+                    "json_status": js["Body"].status,
+                    "json": json.loads(js["Body"].read())["predictions"]}
+        finally:
+            sm.delete_endpoint(EndpointName=name)
+            sm.delete_endpoint_config(EndpointConfigName=name)
+    finally:
+        sm.delete_model(ModelName=name)

@@ -20,14 +20,13 @@ Everything is written under spec["work"]; the exited compose containers are the 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tarfile
 from typing import Any
 
 # _common first: it sets the region and SAGEMAKER_SUPPRESS_V2_WARNING before the SDK loads
-from _common import ROLE, TELEMETRY_OPT_OUT, Steps, csv_numbers, read_spec, typed
+from _common import ROLE, TELEMETRY_OPT_OUT, Steps, predict_on_local_endpoint, read_spec, typed
 
 # isort: split
 
@@ -78,31 +77,13 @@ def serve(artifact: str) -> dict[str, Any]:
                                 "serving_port": spec["serving_port"]}}
     os.makedirs(session.config["local"]["container_root"], exist_ok=True)
     sm, runtime = session.sagemaker_client, session.sagemaker_runtime_client
-    name = "hyperplane-v3-script"
-    sm.create_model(ModelName=name, PrimaryContainer={
-        "Image": spec["serve_image"], "ModelDataUrl": "file://" + os.path.join(model_dir, "model.tar.gz"),
-        "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
-                        "SAGEMAKER_SUBMIT_DIRECTORY": "file://" + spec["source_dir"]}})
-    try:
-        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
-            "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
-            "InstanceType": "local"}])
-        sm.create_endpoint(EndpointName=name, EndpointConfigName=name)   # blocks until /ping answers 200
-        try:
-            features, rows = spec["feature_names"], spec["rows"]
-            csv = runtime.invoke_endpoint(EndpointName=name, ContentType="text/csv", Accept="text/csv",
-                                          Body="".join(",".join(row) + "\n" for row in rows).encode())
-            body = {"instances": [dict(zip(features, [typed(cell) for cell in row], strict=True)) for row in rows]}
-            js = runtime.invoke_endpoint(EndpointName=name, ContentType="application/json",
-                                         Accept="application/json", Body=json.dumps(body).encode())
-            return {"csv_status": csv["Body"].status, "csv": csv_numbers(csv["Body"].read()),
-                    "json_status": js["Body"].status,
-                    "json": json.loads(js["Body"].read())["predictions"]}
-        finally:
-            sm.delete_endpoint(EndpointName=name)
-            sm.delete_endpoint_config(EndpointConfigName=name)
-    finally:
-        sm.delete_model(ModelName=name)
+    features, rows = spec["feature_names"], spec["rows"]
+    return predict_on_local_endpoint(
+        sm, runtime, "hyperplane-v3-script",
+        {"Image": spec["serve_image"], "ModelDataUrl": "file://" + os.path.join(model_dir, "model.tar.gz"),
+         "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                         "SAGEMAKER_SUBMIT_DIRECTORY": "file://" + spec["source_dir"]}},
+        rows, [dict(zip(features, [typed(cell) for cell in row], strict=True)) for row in rows])
 
 
 def main() -> None:
