@@ -160,21 +160,30 @@ def _parse_jsonlines(text: str, label: pathlib.PurePath) -> Table:
         elif isinstance(value, list):
             rows.append(value)
         else:
-            raise ChannelError(f"{label} line {number}: expected a JSON object or array, got {line.strip()[:40]}")
+            # The kind of value, never the line: a line is a row (a JSON string may hold a whole CSV row).
+            raise ChannelError(f"{label} line {number}: expected a JSON object or array, got a JSON "
+                               f"{_json_kind(value)}")
         labels.append(f"{label} line {number}")
         if records and rows:
             raise ChannelError(f"{label} line {number}: mixes JSON objects and arrays; use one form per file")
-    for cells in (*records, *rows):
-        for cell in (cells.values() if isinstance(cells, dict) else cells):
+    for cells, where in zip((*records, *rows), labels, strict=True):   # one kind per file: in line order
+        named = cells.items() if isinstance(cells, dict) else ((f"c{i}", cell) for i, cell in enumerate(cells))
+        for column, cell in named:
             if isinstance(cell, dict | list):
-                raise ChannelError(f"{label}: nested value {json.dumps(cell)[:40]} where a single value "
-                                   "belongs")
+                # Named by line and column, not quoted: a nested list can be a whole row ([[13500, 23, ...]]).
+                raise ChannelError(f"{where}, column {column!r}: a nested JSON {_json_kind(cell)} where a "
+                                   "single value belongs")
     try:
         if records:
             return Table.from_records(records, labels)
         return Table.from_rows([f"c{i}" for i in range(len(rows[0]))], rows, labels)
     except DataError as error:
         raise ChannelError(str(error)) from error
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((dict, "object"), (list, "array"), (str, "string"), (bool, "boolean"), (int | float, "number"))
+    return next((kind for types, kind in kinds if isinstance(value, types)), "null")
 
 
 def _stack(tables: list[Table], name: str) -> Table:

@@ -8,6 +8,12 @@ sagemaker-training, with the script's own exit code), else the built-in regresso
 reads input/config/*.json, the channels under input/data, fits the model and writes
 - model/hyperplane-regressor.pt   the artifact (the only thing the serving image needs),
 - output/data/metrics.json        train/validation/test metrics,
+- output/data/evaluation.json     the test (else validation) split in SageMaker Pipelines' regression format,
+                                  with per-slice errors and the worst slice (model/evaluation.py),
+- output/data/statistics.json, constraints.json   Model Monitor's data-quality baseline of the training
+                                  features (model/monitoring.py),
+- model/model-card.json           data fingerprint, columns used and dropped, hyperparameters, versions,
+                                  metrics, intended use and limits (model/card.py),
 - output/failure                  on failure: one sentence naming the cause, then (for bugs) the traceback.
 Every epoch logs one `key=value` line that SageMaker metric_definitions can match (see the README).
 The built-in regressor checkpoints to checkpoints/ (what SageMaker syncs with checkpoint_s3_uri), resumes
@@ -29,7 +35,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from container.channels import read_channels
+from container.channels import Channels, read_channels
 from container.errors import EXIT_INTERNAL_ERROR, JobError
 from container.failure import clear_stale_failure, report_failure
 from container.hyperparameters import parse_hyperparameters
@@ -37,10 +43,13 @@ from container.paths import SageMakerPaths
 from container.script_mode import find_entry_point, run_entry_point
 from container.stopping import JobStopped, StopRequest, stop_on_sigterm
 from model import artifact
+from model.card import build_card, write_card
 from model.checkpoint import CheckpointError
 from model.checkpointing import Checkpointing, TrainingStopped, discard
 from model.config import TrainingConfig
 from model.errors import DataError
+from model.evaluation import describe_worst, evaluate_split, evaluation_split
+from model.monitoring import data_quality_baseline
 from model.table import Table
 from model.training import EpochReport, FitResult, fit
 
@@ -112,11 +121,33 @@ def _train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any], stop: Stop
     for split, values in result.metrics.items():
         print(" ".join(f"{split}_{key}={value:.6g}" for key, value in values.items() if key != "rows"),
               flush=True)
+    _write_governance(paths, config, channels, result, path)
     # Only now that the model is written: SageMaker mirrors the deletion to checkpoint_s3_uri, and a later
     # job with the same checkpoint folder trains from the start instead of resuming a finished run.
     discard(checkpointing)
     log.info("best epoch %d of %d; model written to %s in %.1f s", result.best_epoch, result.epochs_run, path,
              time.monotonic() - started)
+
+
+def _write_governance(paths: SageMakerPaths, config: TrainingConfig, channels: Channels, result: FitResult,
+                      artifact_path: pathlib.Path) -> None:
+    """After the artifact: evaluation.json and the monitoring baseline in output/data (output.tar.gz, where a
+    pipeline step or a monitoring schedule takes them from), and model-card.json beside the artifact."""
+    split, table = evaluation_split(channels.train, config, channels.validation, channels.test)
+    report = evaluate_split(result.regressor, table, split, seed=config.seed)
+    _write_json(paths.output_data_dir / "evaluation.json", report)
+    print(describe_worst(report), flush=True)
+    statistics, constraints = data_quality_baseline(channels.train, result.regressor.feature_names, config.seed)
+    _write_json(paths.output_data_dir / "statistics.json", statistics, indent=None)   # KLL levels: compact
+    _write_json(paths.output_data_dir / "constraints.json", constraints)
+    rows = {name: int(values["rows"]) for name, values in result.metrics.items()}
+    card = build_card(result.regressor, artifact_path, rows, report)
+    write_card(card, paths.model_dir)
+    log.info("model card: %s", card["summary"])
+
+
+def _write_json(path: pathlib.Path, value: Mapping[str, Any], indent: int | None = 2) -> None:
+    path.write_text(json.dumps(value, indent=indent, allow_nan=False) + "\n")
 
 
 def _fit(config: TrainingConfig, train: Table, validation: Table | None, test: Table | None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import DataError
+from model.errors import DataError, shown
 from model.schema import Kind, Schema, as_float_column, canonical_category, is_missing
 from model.table import Table
 
@@ -90,7 +90,7 @@ def target_values(table: Table, target: str, transform: str = "none") -> np.ndar
     numbers = as_float_column(table, target)
     if transform == "log" and (numbers <= 0).any():
         first = int(np.argmax(numbers <= 0))
-        raise DataError(f"target_transform=log needs positive targets, got {values[first]!r}",
+        raise DataError(f"target_transform=log needs positive targets, got {shown(values[first])}",
                         row=table.label(first), column=target)
     return numbers
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import DataError
+from model.errors import DataError, shown
 from model.table import Cell, Table
 
 
@@ -111,7 +111,7 @@ def _infer_kind(table: Table, name: str) -> Kind:
     if len(words) * 2 < len(present):
         # Mostly numbers: a stray word is a typo or a unit ("12 km"), not a category.
         first = words[0]
-        raise DataError(f"non-numeric value {values[first]!r} in a column that is otherwise numeric "
+        raise DataError(f"non-numeric value {shown(values[first])} in a column that is otherwise numeric "
                         f"({len(present) - len(words)} of {len(present)} values are numbers); fix the value "
                         "or list the column in categorical_columns", row=table.label(first), column=name)
     return Kind.CATEGORICAL
@@ -133,9 +133,9 @@ def as_float_column(table: Table, name: str) -> np.ndarray:
             continue
         number = parse_number(cell)
         if number is None:
-            raise DataError(f"expected a number, got {cell!r}", row=table.label(i), column=name)
+            raise DataError(f"expected a number, got {shown(cell)}", row=table.label(i), column=name)
         if not math.isfinite(number):
-            raise DataError(f"{cell!r} is not a finite number (NaN and infinity are refused; leave the value "
+            raise DataError(f"{shown(cell)} is not a finite number (NaN and infinity are refused; leave the value "
                             "empty to mark it missing)", row=table.label(i), column=name)
         out[i] = number
     return out

@@ -70,7 +70,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     for name, table in (("validation", validation), ("test", test)):
         if table is not None:
             _check_same_columns(train, table, name)
-    train_rows, validation_rows = (train, validation) if validation is not None else _holdout(train, config)
+    train_rows, validation_rows = (train, validation) if validation is not None else holdout(train, config)
     device = _device(config.device)
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
@@ -266,7 +266,7 @@ def _restore(snapshot: Snapshot, network: nn.Module, steps: _Steps, device: torc
                               "use a new checkpoint folder) to train from the start") from error
 
 
-def _holdout(table: Table, config: TrainingConfig) -> tuple[Table, Table]:
+def holdout(table: Table, config: TrainingConfig) -> tuple[Table, Table]:
     if table.n_rows < 2:
         raise DataError(f"need at least 2 training rows to hold out a validation split, got {table.n_rows}")
     order = np.random.default_rng(config.seed).permutation(table.n_rows)

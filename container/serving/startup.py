@@ -82,6 +82,7 @@ def validate_artifact(settings: ServingSettings) -> None:
     import torch
 
     from model import artifact
+    from model.card import read_summary
 
     if not (settings.model_dir / artifact.ARTIFACT_NAME).is_file():
         folders = settings.code_dirs or (settings.model_dir / "code",)
@@ -99,3 +100,4 @@ def validate_artifact(settings: ServingSettings) -> None:
              info.get("version"), len(regressor.feature_names),
              "all numeric" if regressor.numeric_only else "with categorical features", regressor.target,
              info.get("training_rows", "?"), settings.workers)
+    log.info("model card: %s", read_summary(settings.model_dir))   # optional: older artifacts have none
