@@ -60,6 +60,23 @@ def test_requirements_txt_is_installed_before_the_script_runs(train_image: str, 
     assert (job / "model/value.txt").read_text() == "42"
 
 
+def test_a_source_dir_with_setup_py_is_installed_as_a_package(train_image: str, tmp_path: pathlib.Path) -> None:
+    """The toolkit installs such a folder with pip before it runs the entry point. No network: pip builds
+    it with the image's own setuptools."""
+    job = lay_out_job(tmp_path, Job(hyperparameters={"sagemaker_program": '"train.py"'}))
+    (job / "code/carprice").mkdir(parents=True)
+    (job / "code/setup.py").write_text('from setuptools import setup\n'
+                                       'setup(name="carprice", version="0.1", packages=["carprice"])\n')
+    (job / "code/carprice/__init__.py").write_text("SCALE = 3\n")
+    (job / "code/train.py").write_text("import os, sys, carprice\n"
+                                       "open(os.path.join(os.environ['SM_MODEL_DIR'], 'package.txt'), 'w')"
+                                       ".write(f'{carprice.SCALE} {carprice.__file__}')\n")
+    result = run_job(job, image=train_image)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (job / "model/package.txt").read_text().split()[0] == "3"
+    assert "Successfully installed carprice-0.1" in result.stdout + result.stderr
+
+
 def test_a_failing_script_writes_its_exception_to_the_failure_file(train_image: str, tmp_path: pathlib.Path) -> None:
     job = example_job(tmp_path, {"sagemaker_program": '"train.py"', "target": '"Colour"'})
     result = run_job(job, image=train_image)
