@@ -1,9 +1,12 @@
 """The HTTP layer: `create_app(settings, source)` builds the Flask app one gunicorn worker serves.
 
-    GET  /ping                   200 (empty) once every worker has loaded the model and warmed up, else
-                                 503; it only reads a flag and lists the readiness folder
+    GET  /ping                   200 (empty) once every worker has loaded the model and warmed up, and
+                                 from then on while one has (a dead worker's replacement loads meanwhile;
+                                 readiness.py), else 503; it lists the readiness folder, on threads of
+                                 its own (worker.py)
     POST /invocations            the worker's Servable (servable.py): check the headers, read the body
-                                 (413 beyond the limit), invoke under the worker's lock, answer
+                                 (413 beyond the payload limit, or for CSV and JSON Lines beyond the row
+                                 or line limits of limits.py), invoke under the worker's lock, answer
     GET  /execution-parameters   {"MaxConcurrentTransforms": n, "BatchStrategy": "MULTI_RECORD",
                                   "MaxPayloadInMB": m}
 
@@ -29,11 +32,13 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 
 from container.serving.attributes import HEADER, parse_custom_attributes, response_attributes
 from container.serving.errors import error_body
+from container.serving.limits import RequestLimits
 from container.serving.servable import RequestInfo, Servable
 from container.serving.settings import ServingSettings
 
 log = logging.getLogger("hyperplane.serve")
 access_log = logging.getLogger("hyperplane.access")
+DRAIN_BYTES = 64 * 1024 * 1024   # the most of a refused body read to keep its connection (_discard_body)
 
 
 class PredictorSource(Protocol):
@@ -61,6 +66,7 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
     app = Flask("hyperplane")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    limits = RequestLimits.from_settings(settings)
 
     @app.get("/ping")
     def ping() -> Response:
@@ -83,6 +89,7 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
                            request.accept_mimetypes, dict(request.headers.items()))
         servable.check(info)   # 415/406 before the body is read
         body = _read_body(settings.max_payload_bytes)
+        limits.check_lines(body, request.mimetype)   # before the lock: a refused body costs no turn
         with servable.lock:
             answer = servable.invoke(body, info)
         if answer.rows is not None:
@@ -93,6 +100,7 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
 
     @app.errorhandler(Exception)
     def render_error(error: Exception) -> Response:
+        _discard_body()
         if not isinstance(error, HTTPException):
             log.error("unexpected error on %s %s", request.method, request.path, exc_info=error)
             error = InternalServerError("unexpected server error; the server log has the details")
@@ -135,6 +143,25 @@ def _read_body(limit: int | None) -> bytes:
     if len(body) > limit:
         raise RequestEntityTooLarge()
     return body
+
+
+def _discard_body() -> None:
+    """Reads and drops what is left of the body of a request refused before it was read (413 for its size,
+    415 or 406 for its headers, 503 while loading), up to DRAIN_BYTES; nothing is left after a body the
+    route has read. Without this, gunicorn drains at most 64 KiB after the response and otherwise closes
+    the connection, yet the response does not say `Connection: close` (gunicorn strips that header from
+    an application's response), so a keep-alive client (SageMaker's front end is one) sends its next
+    request on a connection about to close, and that request fails without an answer."""
+    stream = request.environ.get("wsgi.input")
+    remaining = DRAIN_BYTES
+    try:
+        while stream is not None and remaining > 0:
+            chunk = stream.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+    except Exception:   # the client broke off (gunicorn raises its own parse errors too): nothing to keep
+        log.debug("could not drain the request body", exc_info=True)
 
 
 def _quoted(value: str) -> str:

@@ -25,6 +25,8 @@ import csv
 import io
 import json
 import math
+import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -137,8 +139,10 @@ def _decode_csv(text: str, header: str, schema: InputSchema) -> Table:
         rows = cast(list[list[Cell]], list(reader))
     except csv.Error as error:
         raise InvalidInput(f"malformed CSV: {error}", row=reader.line_num) from None
+    if not rows:   # e.g. a body of only a byte order mark, which decoding removes
+        raise InvalidInput("the request holds no rows")
     if header == "present" or (header == "auto" and rows and _names_features(rows[0], schema)):
-        return _table([str(cell).strip() for cell in rows[0]], rows[1:])
+        return _table(_named_columns([str(cell).strip() for cell in rows[0]], schema), rows[1:])
     return _table(schema.feature_names, rows)
 
 
@@ -146,6 +150,24 @@ def _names_features(first_row: Sequence[Cell], schema: InputSchema) -> bool:
     """A header names features (or the target) in at least half of its cells; data rows never do."""
     known = {*schema.feature_names, schema.target}
     return sum(str(cell).strip() in known for cell in first_row) * 2 >= len(first_row) > 0
+
+
+def _named_columns(names: list[str], schema: InputSchema) -> list[str]:
+    """Columns a client named (a CSV header, dataframe_split's "columns"), refused at once when there are
+    more of them than features: then one is unknown or named twice, and finding out which through
+    Table.from_rows costs time quadratic in their number (100,000 names in one header took minutes)."""
+    if len(names) <= len(schema.feature_names):
+        return names
+    features, seen = set(schema.feature_names), set()
+    for name in names:
+        if name not in features:
+            hint = " (it is the target, which inputs must leave out)" if name == schema.target else ""
+            raise InvalidInput(f"unknown feature {name!r}{hint}; the features are "
+                               f"{', '.join(schema.feature_names)}", feature=name)
+        if name in seen:
+            raise InvalidInput(f"the column {name!r} is named twice", feature=name)
+        seen.add(name)
+    return names   # not reached: more distinct names than features cannot all be features
 
 
 def _parse_json(text: str, row: int | None = None) -> Any:
@@ -156,6 +178,9 @@ def _parse_json(text: str, row: int | None = None) -> Any:
         raise InvalidInput(f"malformed JSON: {error.msg} at {where}", row=row) from None
     except RecursionError:   # the parser recurses per level: [[[[... thousands deep exhausts the stack
         raise InvalidInput("the JSON is nested too deeply; an instance is a flat list or object of values",
+                           row=row) from None
+    except ValueError:   # an integer of more than sys.get_int_max_str_digits() (4300) digits
+        raise InvalidInput("the JSON holds an integer with thousands of digits, which no feature can take",
                            row=row) from None
 
 
@@ -228,6 +253,7 @@ def _from_split(split: Any, schema: InputSchema) -> Table:
     columns = split.get("columns", list(schema.feature_names))
     if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
         raise InvalidInput('"dataframe_split" "columns" must be a list of feature names')
+    columns = _named_columns(columns, schema)
     rows: list[list[Cell]] = []
     for number, row in enumerate(split["data"], start=1):
         if not isinstance(row, list):
@@ -240,6 +266,11 @@ def _from_split(split: Any, schema: InputSchema) -> Table:
 
 
 def _cell(value: Any, row: int, feature: str) -> Cell:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+        # JSON integers are exact and unbounded (up to 4300 digits); beyond float64 the model's float
+        # conversion would raise OverflowError instead of naming the cell
+        raise InvalidInput(f"{str(value)[:20]}... ({len(str(abs(value)))} digits) is not a finite number in "
+                           "float64 (it lies beyond 1.8e308)", row=row, feature=feature)
     if value is None or isinstance(value, str | int | float | bool):
         return value
     raise InvalidInput(f"expected a number, a string or null, got {json.dumps(value)[:80]}",
@@ -249,8 +280,10 @@ def _cell(value: Any, row: int, feature: str) -> Cell:
 def _decode_npy(body: bytes, schema: InputSchema) -> Table:
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as error:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise InvalidInput(f"the body is not a readable .npy array without pickles: {error}") from None
+    except MemoryError:   # np.load allocates the shape the header declares before it reads the data
+        raise InvalidInput("the .npy header declares an array far larger than the body") from None
     if not isinstance(array, np.ndarray):
         raise InvalidInput("the body is an .npz archive; send one .npy array")
     if array.dtype.kind not in "biuf":

@@ -5,7 +5,7 @@ Code raises these where it detects the problem; app.py's single error handler tu
     {"error": "<reason phrase>", "message": "<what is wrong, what is accepted>", ["row": N, "feature": F]}
 
 and anything else into a logged 500 whose body never shows the traceback. HandlerError carries any status
-a user's handler chose (handlers.py).
+a user's handler chose (handlers.py); TooLarge is the 413 of a request limit (limits.py).
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ class InvalidInput(BadRequest):
         """The model's error, whose message already says "row N, column 'X': ..." (as messages here do)."""
         match = _ROW_LABEL.match(error.row or "")
         return cls(str(error), row=int(match.group(1)) if match else None, feature=error.column, located=True)
+
+
+class TooLarge(HTTPException):
+    """413: the request exceeds a request limit other than the payload size (rows, line length).
+
+    Not a RequestEntityTooLarge, whose message app.py replaces with the payload limit's."""
+
+    code = 413
 
 
 def unsupported_content_type(given: str, supported: list[str], note: str = "") -> UnsupportedMediaType:

@@ -6,9 +6,11 @@ Order of events (master = the `serve` process, PID 1 in the container):
      imported here; a requirements.txt is installed when pip exists); else the master loads the artifact
      once on the CPU (never CUDA, so forking stays safe). Neither, a broken artifact or requirements that
      cannot be installed log one line `cannot serve: ...` and exit 3, before any worker exists;
-  3. each forked worker registers in the ReadinessBoard, builds its own Flask app and ModelLoader, and
-     loads the model (or runs the user's model_fn) on a thread while the gthread pool already answers
-     /ping with 503; a worker that cannot load exits 3, which makes gunicorn halt the whole server;
+  3. each forked worker (gthread with a lane of its own for /ping, worker.py) registers in the
+     ReadinessBoard, builds its own Flask app and ModelLoader, and loads the model (or runs the user's
+     model_fn) on a thread while the worker already answers /ping with 503; a worker that cannot load
+     exits 3, which makes gunicorn halt the whole server. A worker that dies later (SIGKILL, out of
+     memory) is replaced by a new one that loads the same way while /ping stays 200 (readiness.py);
   4. SIGTERM: gunicorn stops accepting, lets in-flight requests finish for up to graceful_timeout (25 s,
      inside SageMaker's 30 s before SIGKILL), then exits; workers leave with os._exit, skipping the
      seconds a normal interpreter shutdown spends on torch.
@@ -47,7 +49,7 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": [f"0.0.0.0:{settings.port}"],
             "workers": settings.workers,
-            "worker_class": "gthread",
+            "worker_class": "container.serving.worker.PingLaneWorker",   # gthread, with /ping apart
             "threads": settings.threads,
             "timeout": settings.timeout_s,
             "graceful_timeout": settings.graceful_timeout_s,

@@ -305,8 +305,10 @@ def _load_npy(body: bytes) -> np.ndarray:
     # The toolkit's decoder uses np.load(allow_pickle=True), which runs any code a pickle names.
     try:
         loaded = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as error:   # a 400 even from a user's input_fn: the body is bad
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:   # a 400 even from a user's input_fn
         raise InvalidInput(f"the body is not a readable .npy array without pickles: {error}") from None
+    except MemoryError:   # np.load allocates the shape the header declares before it reads the data
+        raise InvalidInput("the .npy header declares an array far larger than the body") from None
     if not isinstance(loaded, np.ndarray):
         loaded.close()
         raise InvalidInput("the body is an .npz archive; send one .npy array (or application/x-npz for a "

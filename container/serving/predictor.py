@@ -7,7 +7,8 @@
 
     loader = ModelLoader(settings, board)      # in the worker, after fork
     loader.start(worker_index)                 # thread: device, torch threads, load, warm-up, mark ready
-    loader.current()                           # None until loaded; /ping asks loader.ready()
+    loader.current()                           # None until loaded (a replacement worker waits for it)
+    loader.ready()                             # what /ping answers: readiness.ReadinessBoard.serving
 
 A load failure (a broken artifact, a model_fn that raises) logs `cannot serve: ...` and ends the worker
 with exit code 3, which gunicorn's master treats as "worker failed to boot" and answers by halting the
@@ -32,6 +33,7 @@ from werkzeug.utils import get_content_type
 from container.serving import codecs
 from container.serving.codecs import InputSchema
 from container.serving.errors import InvalidInput
+from container.serving.limits import RequestLimits
 from container.serving.readiness import ReadinessBoard
 from container.serving.servable import Answer, LoadError, RequestInfo, Servable
 from container.serving.settings import ServingSettings
@@ -49,9 +51,11 @@ log = logging.getLogger("hyperplane.serve")
 class Predictor:
     """One regressor as a Servable; one request at a time (see settings.PREDICTIONS_PER_WORKER)."""
 
-    def __init__(self, regressor: Regressor, *, batch: bool = False) -> None:
+    def __init__(self, regressor: Regressor, *, batch: bool = False,
+                 limits: RequestLimits | None = None) -> None:
         self.regressor = regressor
         self.batch = batch   # a transform job: no newline after the last record (codecs.encode)
+        self.limits = limits or RequestLimits()   # the row limit for JSON and x-npy (app.py checks lines)
         self.version = str(regressor.info.get("version", "unknown"))
         self.schema = InputSchema(tuple(regressor.feature_names), regressor.target, regressor.numeric_only)
         self.lock = threading.Lock()
@@ -64,6 +68,7 @@ class Predictor:
         response_type = codecs.response_type(request.accept, request.mimetype)
         try:
             table = codecs.decode(body, request.mimetype, request.params, self.schema)
+            self.limits.check_rows(table.n_rows)
             payload = codecs.encode(self.predict(table), response_type, final_newline=not self.batch)
         except DataError as error:
             raise InvalidInput.from_data_error(error) from None
@@ -88,6 +93,7 @@ class ModelLoader:
         self.board = board
         self.on_failure = on_failure or _exit_worker
         self._servable: Servable | None = None
+        self._loaded = threading.Event()   # set once loading has ended, either way
 
     def start(self, worker_index: int) -> threading.Thread:
         thread = threading.Thread(target=self._load, args=(worker_index,), name="model-loader", daemon=True)
@@ -95,10 +101,15 @@ class ModelLoader:
         return thread
 
     def current(self) -> Servable | None:
+        """The servable, or None while loading. A worker forked after the server has served replaces one
+        that died, and /ping answers 200 meanwhile (readiness.py): a request that reaches it before its
+        model is loaded waits for the model (at most the request timeout) instead of failing with 503."""
+        if self._servable is None and self.board.has_served():
+            self._loaded.wait(self.settings.timeout_s)
         return self._servable
 
     def ready(self) -> bool:
-        return self._servable is not None and self.board.all_ready(self.settings.workers)
+        return self.board.serving(self.settings.workers)
 
     def _load(self, worker_index: int) -> None:
         pid = os.getpid()
@@ -110,6 +121,7 @@ class ModelLoader:
             log.info("worker %s ready: model %s on %s, %s torch thread(s)", pid, servable.version, device,
                      self.settings.torch_threads)
             self.board.mark_ready(pid)   # after the log line, so a log reader never sees 200 first
+            self.board.serving(self.settings.workers)   # records `served` if this was the last one
         except LoadError as error:
             if self._first_failure(pid, error):
                 # the user's traceback, then the one line that says why the container stops
@@ -121,6 +133,8 @@ class ModelLoader:
                 log.exception("worker %s cannot load the model from %s; stopping the server", pid,
                               self.settings.model_dir)
                 self.on_failure()
+        finally:
+            self._loaded.set()   # a failed load wakes the waiting requests too (they answer 503)
 
     def _first_failure(self, pid: int, error: Exception) -> bool:
         """True when this worker is the one to stop the server (see readiness.py); the others say so in one
@@ -138,7 +152,9 @@ class ModelLoader:
 
         torch.set_num_threads(self.settings.torch_threads)
         device = self._device(worker_index, torch.cuda.is_available())
-        return Predictor(artifact.load(self.settings.model_dir).to(device), batch=self.settings.batch), device
+        regressor = artifact.load(self.settings.model_dir).to(device)
+        limits = RequestLimits.from_settings(self.settings)
+        return Predictor(regressor, batch=self.settings.batch, limits=limits), device
 
     def _load_handlers(self, worker_index: int) -> tuple[Servable, str]:
         """The user's model_fn runs here, in the worker after fork, so CUDA is safe. torch (present in both

@@ -2,8 +2,17 @@
 
 One empty file per live worker, named by its pid: `<pid>.loading` from fork until the model is loaded and
 has made a warm-up prediction, then renamed (atomically) to `<pid>.ready`. The master clears the folder
-before forking and removes a worker's file when it reaps the worker. `/ping` answers 200 only when the
-planned number of workers are all ready, which costs one `listdir` of a handful of names.
+before forking and removes a worker's file when it reaps the worker. `/ping` asks `serving(workers)`, one
+`listdir` of a handful of names:
+
+  * while the server starts, 200 only when the planned number of workers are all ready (so SageMaker
+    sends no traffic to a half-loaded server); the first time that holds, the file `served` is written;
+  * once `served` exists, 200 while at least one worker is ready. A worker that dies (SIGKILL, the OOM
+    killer, gunicorn's timeout) is replaced by one that loads the model again; its siblings answer
+    meanwhile, and requests that reach the new worker wait for its model (predictor.ModelLoader.current).
+    A 503 there would tell SageMaker the instance is unhealthy, and SageMaker answers that by taking it
+    out of service and replacing it: minutes of lost capacity for a gap of a second or less
+    (docs/reliability.md, "Serving faults and load"). With no worker ready the answer is 503 again.
 
 A worker whose model cannot load claims the file `failed`: the first one exits with code 3, which makes
 gunicorn halt the server; later ones (all workers run the same failing model_fn at about the same time)
@@ -13,6 +22,7 @@ already halting escapes its shutdown and ends the master with code 1 instead of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -20,6 +30,7 @@ import shutil
 LOADING = ".loading"
 READY = ".ready"
 FAILED = "failed"
+SERVED = "served"   # the server has been fully ready once: from then on one ready worker is enough
 
 
 class ReadinessBoard:
@@ -64,5 +75,28 @@ class ReadinessBoard:
             names = os.listdir(self.folder)
         except OSError:
             return False
-        ready = sum(name.endswith(READY) for name in names)
-        return ready >= workers and not any(name.endswith(LOADING) for name in names)
+        return _all_ready(names, workers)
+
+    def serving(self, workers: int) -> bool:
+        """What /ping reports (see the module docstring): all `workers` ready until the server has served,
+        then at least one. Records `served` the first time all are ready."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return False
+        if SERVED in names:
+            return any(name.endswith(READY) for name in names)
+        if not _all_ready(names, workers):
+            return False
+        with contextlib.suppress(OSError):   # the folder is gone once the server stops
+            (self.folder / SERVED).touch()   # idempotent: several workers may see the moment at once
+        return True
+
+    def has_served(self) -> bool:
+        """True once the server has been fully ready: a worker loading now replaces one that died."""
+        return (self.folder / SERVED).exists()
+
+
+def _all_ready(names: list[str], workers: int) -> bool:
+    ready = sum(name.endswith(READY) for name in names)
+    return ready >= workers and not any(name.endswith(LOADING) for name in names)

@@ -11,6 +11,9 @@ to the module user_code.py located.)
     SAGEMAKER_MODEL_SERVER_WORKERS  usable CPUs (>= GPUs)   gunicorn worker processes, one model copy each
     SAGEMAKER_MODEL_SERVER_TIMEOUT  60                      gunicorn worker timeout (s)
     SAGEMAKER_MAX_PAYLOAD_IN_MB     6                       request body limit in MiB (413 beyond); 0 = none
+    HYPERPLANE_MAX_ROWS             500000                  rows one request may hold (413 beyond); 0 = none
+    HYPERPLANE_MAX_LINE_BYTES       1048576                 bytes one CSV or JSON Lines line may hold (413
+                                                            beyond); 0 = none (limits.py says why)
     LOG_LEVEL, SAGEMAKER_CONTAINER_LOG_LEVEL  INFO          name or number; LOG_LEVEL wins when both are set
     HYPERPLANE_LOG_PING             false                   also log one line per /ping
     SAGEMAKER_BATCH                 false                   a transform job: no newline after a response's
@@ -47,10 +50,12 @@ from container.serving.user_code import UserCode, locate
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_MAX_PAYLOAD_MB = 6
+DEFAULT_MAX_ROWS = 500_000       # a full 6 MiB mini-batch of rows of 13 bytes or more (used cars: ~90,000)
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # one record per line; a line of megabytes is abuse, not a record
 DEFAULT_ACCEPT = "application/json"   # sagemaker-inference's default for SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT
 GRACEFUL_TIMEOUT_S = 25          # SageMaker sends SIGKILL 30 s after SIGTERM
 KEEPALIVE_S = 60                 # SageMaker's front end reuses connections
-THREADS_PER_WORKER = 8           # one computes, the others answer /ping and wait their turn
+THREADS_PER_WORKER = 8           # one computes, the others wait their turn (/ping has its own: worker.py)
 PREDICTIONS_PER_WORKER = 1       # concurrent predictions in one worker (see the module docstring)
 BATCH_PAYLOAD_BUDGET_MB = 100    # SageMaker: MaxConcurrentTransforms x MaxPayloadInMB <= 100
 CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
@@ -73,6 +78,8 @@ class ServingSettings:
     graceful_timeout_s: int = GRACEFUL_TIMEOUT_S
     keepalive_s: int = KEEPALIVE_S
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
+    max_rows: int = DEFAULT_MAX_ROWS                  # 0 = no limit
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES      # 0 = no limit
     log_level: int = logging.INFO
     log_ping: bool = False
     batch: bool = False               # a batch transform job (SageMaker sets SAGEMAKER_BATCH)
@@ -113,6 +120,8 @@ class ServingSettings:
             gpus=gpus,
             timeout_s=_positive_int(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S),
             max_payload_mb=_int(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, minimum=0),
+            max_rows=_int(environ, "HYPERPLANE_MAX_ROWS", DEFAULT_MAX_ROWS, minimum=0),
+            max_line_bytes=_int(environ, "HYPERPLANE_MAX_LINE_BYTES", DEFAULT_MAX_LINE_BYTES, minimum=0),
             log_level=_log_level(environ),
             log_ping=_flag(environ, "HYPERPLANE_LOG_PING"),
             batch=_flag(environ, "SAGEMAKER_BATCH"),

@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 
 from container.serving.app import LoadedPredictor, create_app
 from container.serving.handlers import UserHandlers
+from container.serving.limits import RequestLimits
 from container.serving.predictor import Predictor
 from container.serving.settings import ServingSettings
 from container.serving.user_code import UserCode
@@ -74,8 +75,9 @@ ClientFactory = Callable[..., FlaskClient]
 def client_for(tmp_path: pathlib.Path) -> ClientFactory:
     """client_for(regressor, **settings) -> a test client of an app whose model is loaded."""
     def make(regressor: Regressor, **overrides: object) -> FlaskClient:
-        app = create_app(make_settings(tmp_path, **overrides), LoadedPredictor(Predictor(regressor)))
-        return app.test_client()
+        settings = make_settings(tmp_path, **overrides)
+        predictor = Predictor(regressor, limits=RequestLimits.from_settings(settings))
+        return create_app(settings, LoadedPredictor(predictor)).test_client()
     return make
 
 

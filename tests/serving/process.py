@@ -28,6 +28,7 @@ class Server:
     def __init__(self, base_dir: pathlib.Path, tmp_dir: pathlib.Path, command: Sequence[str] = (),
                  **environ: str) -> None:
         self.port = free_port()
+        self.tmp_dir = tmp_dir   # TMPDIR: the readiness folder is hyperplane-readiness-<pid> in it
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGEMAKER_BASE_DIR": str(base_dir),
                "TMPDIR": str(tmp_dir),   # the readiness folder, even when a test kills the server
                "SAGEMAKER_BIND_TO_PORT": str(self.port), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", **environ}
