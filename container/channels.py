@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import logging
+import os
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ CSV_TYPES = {"text/csv", "csv", "text/x-csv", "application/csv"}
 JSONLINES_TYPES = {"application/jsonlines", "application/json-lines", "application/x-jsonlines",
                    "application/jsonl", "application/x-ndjson", "application/json"}
 HEADER_SNIFF_ROWS = 50
+MEMORY_SHARE = 32   # a channel's text may use 1/32 of the memory: its rows take ~20-30 times as much
 
 
 class ChannelError(JobError):
@@ -50,8 +52,11 @@ class Channels:
     test: Table | None
 
 
-def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None, csv_header: str) -> Channels:
-    """Reads the channels listed in inputdataconfig.json, or the folders under input/data without one."""
+def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None, csv_header: str,
+                  max_bytes: int | None = None) -> Channels:
+    """Reads the channels listed in inputdataconfig.json, or the folders under input/data without one.
+    `max_bytes` bounds each channel's text (after decompression); default: channel_byte_budget()."""
+    max_bytes = channel_byte_budget() if max_bytes is None else max_bytes
     configs = dict(input_config) if input_config is not None else _discover(paths)
     unknown = sorted(set(configs) - set(KNOWN_CHANNELS))
     if unknown:
@@ -63,16 +68,17 @@ def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None,
     if len(named) > 1:
         raise ChannelError("both 'train' and 'training' channels were given; use one of them")
     tables = {name: read_channel(paths.channel(name), name, _channel_config(configs[name], name), csv_header,
-                                 root=paths.root)
+                                 root=paths.root, max_bytes=max_bytes)
               for name in configs}
     train = tables[named[0]]
     return Channels(train, *(_aligned(tables.get(name), train, name) for name in ("validation", "test")))
 
 
 def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv_header: str,
-                 root: pathlib.Path | None = None) -> Table:
+                 root: pathlib.Path | None = None, max_bytes: int | None = None) -> Table:
     """The channel's rows. With `root` (the job's /opt/ml), the folder and every file must resolve inside
-    it: a symbolic link out of the job's tree fails the job, and nothing outside is read."""
+    it: a symbolic link out of the job's tree fails the job, and nothing outside is read. With `max_bytes`,
+    a channel whose text (after decompression) exceeds it fails the job before memory runs out."""
     mode = config.get("TrainingInputMode", "File")
     if mode == "Pipe":
         raise ChannelError(f"channel {name!r} uses Pipe input mode; hyperplane reads File or FastFile mode")
@@ -89,19 +95,25 @@ def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv
     if content_type and content_type not in CSV_TYPES | JSONLINES_TYPES:
         raise ChannelError(f"channel {name!r} has ContentType {content_type!r}; hyperplane reads text/csv and "
                            "application/jsonlines (either one gzip-compressed)")
+    budget = _Budget(name, max_bytes)
     tables = [table for path in files
-              if (table := _read_file(path, path.relative_to(folder.parent), content_type, csv_header))]
+              if (table := _read_file(path, path.relative_to(folder.parent), content_type, csv_header, budget))]
     if not tables:
         raise ChannelError(f"channel {name!r} has no rows: its files in {folder} are empty")
     return _stack(tables, name)
 
 
 def _read_file(path: pathlib.Path, label: pathlib.PurePath, content_type: str,
-               csv_header: str) -> Table | None:
+               csv_header: str, budget: _Budget | None = None) -> Table | None:
+    budget = budget or _Budget("", None)
     try:
+        budget.check(path.stat().st_size, label)
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            # Read at most one byte past what is left, so that a gzip bomb stops there.
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as compressed:
+                raw = compressed.read(-1 if budget.left is None else budget.left + 1)
+        budget.take(len(raw), label)
         text = raw.decode("utf-8-sig")
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as error:
         raise ChannelError(f"cannot read {label}: {error}") from error
@@ -233,6 +245,37 @@ def _channel_config(config: Any, name: str) -> Mapping[str, Any]:
         raise ChannelError(f"inputdataconfig.json: the entry of channel {name!r} must be a JSON object, not "
                            f"{json.dumps(config)[:60]}")
     return config
+
+
+class _Budget:
+    """What is left of a channel's byte budget (None: no limit), and the failure when a file exceeds it."""
+
+    def __init__(self, channel: str, limit: int | None) -> None:
+        self.channel, self.limit, self.left = channel, limit, limit
+
+    def check(self, size: int, label: pathlib.PurePath) -> None:
+        if self.left is not None and size > self.left:
+            raise ChannelError(f"{label}: channel {self.channel!r} holds more than {self.limit} bytes of data "
+                               f"(hyperplane reads a channel into memory, at many times its size: the limit is "
+                               f"1/{MEMORY_SHARE} of this container's memory); use an instance with more memory, "
+                               "or fewer or smaller files")
+
+    def take(self, size: int, label: pathlib.PurePath) -> None:
+        self.check(size, label)
+        if self.left is not None:
+            self.left -= size
+
+
+def channel_byte_budget(cgroup_root: pathlib.Path = pathlib.Path("/sys/fs/cgroup")) -> int:
+    """The text a channel may hold: 1/MEMORY_SHARE of the memory this container may use (its cgroup limit,
+    else the machine's). Parsed rows take many times their text in Python objects."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            memory = min(memory, int(limit_file.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):   # absent, or "max": no limit of its own
+            continue
+    return memory // MEMORY_SHARE
 
 
 def _discover(paths: SageMakerPaths) -> dict[str, Any]:

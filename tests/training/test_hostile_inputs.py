@@ -3,10 +3,13 @@ tree (/opt/ml, here a temporary folder)."""
 
 from __future__ import annotations
 
+import gzip
+import os
 import pathlib
 
 import pytest
 
+from container.channels import MEMORY_SHARE, ChannelError, channel_byte_budget, read_channel
 from container.errors import EXIT_USER_ERROR
 from container.paths import SageMakerPaths
 from container.train import CONFIG_FILE_LIMIT, run
@@ -85,3 +88,25 @@ def test_a_config_file_linked_out_of_the_config_folder_is_not_read(tmp_path: pat
     (root / "input/config/hyperparameters.json").unlink()
     (root / "input/config/hyperparameters.json").symlink_to(outside / "hp.json")
     _fails_with(root, "hyperparameters.json is a symbolic link that leads out of")
+
+
+def test_a_gzip_bomb_or_an_oversized_channel_fails_before_memory_runs_out(tmp_path: pathlib.Path) -> None:
+    folder = tmp_path / "data" / "train"
+    folder.mkdir(parents=True)
+    (folder / "cars.csv.gz").write_bytes(gzip.compress(SMALL_CARS.encode() + b"1" * 20_000_000))  # ~20 KB file
+    with pytest.raises(ChannelError, match=r"train/cars.csv.gz: channel 'train' holds more than 1000000 bytes"):
+        read_channel(folder, "train", {}, "auto", max_bytes=1_000_000)
+    (folder / "cars.csv.gz").unlink()
+    for part in range(3):   # the budget is the channel's, not each file's
+        (folder / f"part{part}.csv").write_text(SMALL_CARS)
+    assert read_channel(folder, "train", {}, "auto", max_bytes=len(SMALL_CARS) * 3).n_rows == 600
+    with pytest.raises(ChannelError, match=r"part2\.csv: channel 'train' holds more than"):
+        read_channel(folder, "train", {}, "auto", max_bytes=len(SMALL_CARS) * 3 - 1)
+
+
+def test_the_channel_budget_follows_the_cgroup_memory_limit(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    assert channel_byte_budget(tmp_path) == 1073741824 // MEMORY_SHARE
+    (tmp_path / "memory.max").write_text("max\n")
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert channel_byte_budget(tmp_path) == physical // MEMORY_SHARE
