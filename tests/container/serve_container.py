@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
 import time
 import uuid
 from dataclasses import dataclass
 
 from tests.container.docker import SERVE_IMAGE, docker
 from tests.serving.load import ping
+from tests.serving.process import free_port
 
 # Prints {pid: [VmRSS kB, Pss kB]} for every child of PID 1 (the gunicorn master), i.e. its workers.
 _WORKER_MEMORY = """
@@ -43,12 +43,6 @@ print(json.dumps(found))
 class Memory:
     rss_kb: int
     pss_kb: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServeContainer:

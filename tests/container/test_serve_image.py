@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import tarfile
 import tempfile
 import threading
@@ -31,17 +30,12 @@ from model import artifact
 from model.regressor import Regressor
 from model.table import Table
 from tests.container.docker import docker
+from tests.serving.process import free_port
 from tests.serving.requests_data import FEATURES, PARSERS, ROWS, bodies, csv_body
 
 pytestmark = pytest.mark.docker
 WORKERS = 2
 START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Container:

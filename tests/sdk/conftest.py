@@ -16,7 +16,6 @@ import os
 import pathlib
 import runpy
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -65,12 +64,6 @@ def sdk_images() -> tuple[str, str]:
     """Both images, built from the working tree by scripts/build-images (cached: seconds)."""
     build_images()
     return TRAIN_IMAGE, SERVE_IMAGE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scratch_folder(prefix: str) -> pathlib.Path:

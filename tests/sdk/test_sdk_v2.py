@@ -26,7 +26,6 @@ from tests.sdk.conftest import (
     TRANSFORM_REPEAT,
     Hygiene,
     assert_close,
-    free_port,
     load_model_tar,
     metric_definitions,
     predict_rows,
@@ -36,6 +35,7 @@ from tests.sdk.conftest import (
     transform_rows,
     write_inputs,
 )
+from tests.serving.process import free_port
 
 pytestmark = [pytest.mark.sdk, pytest.mark.docker]
 DROPPED = ["Fuel_Type", "Color"]

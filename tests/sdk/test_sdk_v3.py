@@ -17,7 +17,6 @@ from tests.sdk.conftest import (
     REQUEST_ROWS,
     Hygiene,
     assert_close,
-    free_port,
     load_model_tar,
     predict_rows,
     run_driver,
@@ -25,6 +24,7 @@ from tests.sdk.conftest import (
     step,
     write_inputs,
 )
+from tests.serving.process import free_port
 
 pytestmark = [pytest.mark.sdk, pytest.mark.docker]
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.sdk.conftest import Hygiene, assert_close, free_port, run_driver, scratch_folder, step, write_inputs
+from tests.sdk.conftest import Hygiene, assert_close, run_driver, scratch_folder, step, write_inputs
 from tests.sdk.script_mode import (
     NUMERIC_FEATURES,
     NUMERIC_ROWS,
@@ -23,6 +23,7 @@ from tests.sdk.script_mode import (
     in_process,
     metrics_json,
 )
+from tests.serving.process import free_port
 
 pytestmark = [pytest.mark.sdk, pytest.mark.docker]
 EPOCHS = SCRIPT_HYPERPARAMETERS["epochs"]
