@@ -19,8 +19,9 @@ import requests
 
 from tests.container.docker import docker
 from tests.container.test_script_mode_image import tiny_wheel
-from tests.container.test_serve_image import Container, free_port
+from tests.container.test_serve_image import Container
 from tests.jobs import SMALL_CARS
+from tests.serving.process import free_port
 
 pytestmark = pytest.mark.docker
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "script-mode"
