@@ -5,7 +5,9 @@
 
 The file is a torch.save of plain data (strings, numbers, tensors) and is always read with
 `torch.load(weights_only=True)`, which refuses pickled code: an artifact can never run anything on load.
-`format_version` changes whenever a reader of the old version could misread the new one.
+`format_version` changes whenever a reader of the old version could misread the new one. The conformal
+calibration and the explanation baseline are optional metadata keys: older readers ignore them, and
+artifacts without them load with None there (they predict, but give no intervals or explanations).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from model.config import TrainingConfig
+from model.conformal import Calibration
 from model.network import build_network
 from model.preprocessing import Preprocessor
 from model.regressor import Regressor
@@ -33,7 +36,9 @@ class ArtifactError(Exception):
 
 def save(regressor: Regressor, folder: pathlib.Path) -> pathlib.Path:
     metadata = {"config": regressor.config.to_dict(), "preprocessor": regressor.preprocessor.to_dict(),
-                "info": regressor.info}
+                "info": regressor.info,
+                **({"calibration": regressor.calibration.to_dict()} if regressor.calibration else {}),
+                **({"baseline": list(regressor.baseline)} if regressor.baseline is not None else {})}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": json.dumps(metadata),
                "state_dict": {k: v.detach().cpu() for k, v in regressor.network.state_dict().items()}}
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,4 +80,8 @@ def _rebuild(metadata: dict[str, Any], state_dict: dict[str, torch.Tensor], raw:
     network.eval()
     info = dict(metadata["info"])
     info["version"] = hashlib.sha256(raw).hexdigest()[:12]   # names this exact file in responses and logs
-    return Regressor(preprocessor, network, config, info)
+    calibration = Calibration.from_dict(metadata["calibration"]) if "calibration" in metadata else None
+    baseline = tuple(float(v) for v in metadata["baseline"]) if "baseline" in metadata else None
+    if baseline is not None and len(baseline) != preprocessor.n_inputs:
+        raise ValueError(f"the baseline has {len(baseline)} values for {preprocessor.n_inputs} inputs")
+    return Regressor(preprocessor, network, config, info, calibration, baseline)

@@ -1,6 +1,8 @@
 """Regressor: the fitted preprocessing and network together; a table of features in, predictions out.
 
 Built by training.fit() or artifact.load(); serving holds one per worker and calls `predict`.
+`calibration` (model/conformal.py) gives prediction intervals and `baseline` (the encoded training mean)
+anchors explanations (model/explanation.py); both are None for artifacts older than them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from model.config import TrainingConfig
+from model.conformal import Calibration
 from model.errors import DataError
 from model.network import predict_mean
 from model.preprocessing import Preprocessor
@@ -26,6 +29,8 @@ class Regressor:
     network: nn.Module
     config: TrainingConfig
     info: dict[str, Any] = field(default_factory=dict)   # metrics, data fingerprint, versions, version id
+    calibration: Calibration | None = None                # split-conformal residuals of the validation split
+    baseline: tuple[float, ...] | None = None              # encoded training mean, one value per network input
 
     @property
     def feature_names(self) -> list[str]:

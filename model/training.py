@@ -15,6 +15,10 @@ resumed from its checkpoint to exactly the model an uninterrupted run gives: bet
 the checkpointer everything that decides the rest of the run (model/checkpoint.py lists it), and a resumed
 run redraws the current epoch's batch order from the saved generator state and skips the batches done.
 Without it, fit() behaves as it always did.
+
+After training, the validation split's residuals calibrate split-conformal prediction intervals
+(model/conformal.py), kept in `regressor.calibration`; the mean encoded training row is kept in
+`regressor.baseline` for explanations (model/explanation.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import nn
 from model.checkpoint import CheckpointError, Identity, Position, Snapshot, StateDict
 from model.checkpointing import Checkpointer, Checkpointing
 from model.config import TrainingConfig
+from model.conformal import calibrate
 from model.errors import DataError
 from model.network import build_network, predict_mean
 from model.preprocessing import Preprocessor, fit_preprocessor, target_values
@@ -131,7 +136,12 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     network.load_state_dict(progress.best_state)
     network.eval().cpu()
 
-    regressor = Regressor(preprocessor, network, config)
+    # explanations' baseline: the mean encoded training row (numerics 0, one-hots at the level frequencies)
+    regressor = Regressor(preprocessor, network, config,
+                          baseline=tuple(x_train.double().mean(dim=0).cpu().tolist()))
+    # split conformal: the validation rows did not fit the weights, so their residuals calibrate intervals
+    regressor.calibration = calibrate(regressor.predict(validation_rows.select(regressor.feature_names)),
+                                      val_truth, config.target_transform)
     splits = {"train": train_rows, "validation": validation_rows, **({"test": test} if test else {})}
     metrics = {name: evaluate(regressor, table) for name, table in splits.items()}
     regressor.info.update(_provenance(train, schema, metrics, progress.best_epoch, epoch))

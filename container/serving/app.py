@@ -14,8 +14,9 @@ Routes stay thin: what is served (the built-in Predictor with codecs.py's format
 in handlers.py) sits behind the Servable interface, so both get the same limits, log line, custom
 attributes, readiness and error rendering. Every error, expected (werkzeug
 HTTPException: 400/406/413/415/503) or not (a bug: logged with its traceback, answered 500 without it),
-is rendered by one handler as JSON. One log line per request (`hyperplane.access`, key=value, never the
-payload); /ping lines only with HYPERPLANE_LOG_PING=true.
+is rendered by one handler as JSON. The parsed custom attributes reach the servable in
+RequestInfo.attributes (the built-in model reads `intervals=<level>` there: options.py). One log line per
+request (`hyperplane.access`, key=value, never the payload); /ping lines only with HYPERPLANE_LOG_PING=true.
 
 In-process use (tests): `create_app(settings, LoadedPredictor(Predictor(regressor))).test_client()`, or
 any other Servable in place of the Predictor.
@@ -86,7 +87,7 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
         if servable is None:
             raise ServiceUnavailable("the model is loading; retry when /ping answers 200")
         info = RequestInfo(request.mimetype, request.content_type or "", dict(request.mimetype_params),
-                           request.accept_mimetypes, dict(request.headers.items()))
+                           request.accept_mimetypes, dict(request.headers.items()), g.custom_attributes)
         servable.check(info)   # 415/406 before the body is read
         body = _read_body(settings.max_payload_bytes)
         limits.check_lines(body, request.mimetype)   # before the lock: a refused body costs no turn

@@ -2,8 +2,9 @@
 
 Read as a list of `key=value` entries separated by commas or semicolons (`a=1, b=2; flag`); a bare key
 reads as an empty value, whitespace around keys and values is dropped, the last repeat of a key wins.
-Nothing acts on the parsed attributes yet; app.py keeps them on the request (`flask.g.custom_attributes`)
-for features that will. Responses carry `model_version=<version>` in the same header.
+app.py keeps them on the request (`flask.g.custom_attributes`) and hands them to the servable in
+RequestInfo.attributes; the built-in model acts on `intervals=<level>` (options.py), user handlers may read
+them. Responses carry `model_version=<version>` in the same header.
 """
 
 from __future__ import annotations

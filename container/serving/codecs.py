@@ -13,6 +13,9 @@ Inputs (media type matched case-insensitively, parameters allowed; rows are labe
 Outputs, one record per input row, in order:
     text/csv               one prediction per line          application/jsonlines  {"prediction": x} per line
     application/json       {"predictions": [x, ...]}
+With extras (prediction intervals: "lower", "upper"; explanations: "explanation"), each is a further JSON
+Lines key or JSON list beside "predictions" ("explanations"), in the same row order; number extras are
+also further CSV columns.
 Every line of a CSV or JSON Lines response ends with a newline, except the last one in a batch transform
 (SAGEMAKER_BATCH), where SageMaker adds it. Numbers are written with Python's
 shortest round-trip repr, so a client reads back exactly the float64 the model computed.
@@ -42,6 +45,7 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 NPY = "application/x-npy"
 OUTPUT_TYPES = (CSV, JSON, JSONLINES)
+_JSON_LISTS = {"explanation": "explanations"}   # a JSON Lines key -> its list's name in a JSON response
 JSON_FORMS = ("instances", "dataframe_split", "dataframe_records")
 
 
@@ -93,20 +97,40 @@ def response_type(accept: MIMEAccept, request_type: str) -> str:
     return best
 
 
-def encode(predictions: np.ndarray, mimetype: str, *, final_newline: bool = True) -> bytes:
+def encode(predictions: np.ndarray, mimetype: str, *, final_newline: bool = True,
+           extras: Mapping[str, np.ndarray | Sequence[Mapping[str, Any]]] | None = None) -> bytes:
     """The response body. `final_newline=False` (batch transform) leaves the newline after the last CSV or
     JSON Lines record out: SageMaker's AssembleWith=Line adds one after every mini-batch, and a second would
-    put an empty line into the output and shift it against the input."""
-    values = [float(value) for value in predictions]
+    put an empty line into the output and shift it against the input.
+
+    `extras`: more per row, by its JSON Lines key, in row order: numbers (an array: "lower", "upper") or
+    JSON objects ("explanation"). JSON: lists beside "predictions" (named as in _JSON_LISTS); JSON Lines:
+    keys beside "prediction"; CSV: number columns after the prediction (objects: ValueError, a caller's
+    bug: the predictor refuses such requests first)."""
+    values = _finite(predictions, "prediction")
+    columns: dict[str, list[Any]] = {name: _finite(items, name) if isinstance(items, np.ndarray) else list(items)
+                                     for name, items in (extras or {}).items()}
+    if mimetype == JSON:
+        return json.dumps({"predictions": values,
+                           **{_JSON_LISTS.get(name, name): items for name, items in columns.items()}}).encode()
+    if mimetype == CSV:
+        if not all(isinstance(items, np.ndarray) for items in (extras or {}).values()):
+            raise ValueError("a CSV response holds numbers only")
+        lines = [",".join(f"{value!r}" for value in row) for row in zip(values, *columns.values(), strict=True)] \
+            if columns else [f"{value!r}" for value in values]
+    else:
+        lines = [json.dumps({"prediction": value, **{name: numbers[index] for name, numbers in columns.items()}})
+                 for index, value in enumerate(values)]
+    return ("\n".join(lines) + ("\n" if final_newline else "")).encode()
+
+
+def _finite(numbers: np.ndarray, name: str) -> list[float]:
+    values = [float(value) for value in numbers]
     for index, value in enumerate(values):
         if not math.isfinite(value):
-            raise InvalidInput(f"the prediction is {value} (the input lies far outside the training data)",
+            raise InvalidInput(f"the {name} is {value} (the input lies far outside the training data)",
                                row=index + 1)
-    if mimetype == JSON:
-        return json.dumps({"predictions": values}).encode()
-    lines = [f"{value!r}" for value in values] if mimetype == CSV else \
-        [json.dumps({"prediction": value}) for value in values]
-    return ("\n".join(lines) + ("\n" if final_newline else "")).encode()
+    return values
 
 
 def _text(body: bytes, charset: str) -> str:

@@ -1,7 +1,8 @@
 """What one worker serves, and the background loader that makes it after fork.
 
     Predictor       the built-in regressor as a servable.Servable: codecs.py's formats around
-                    Regressor.predict
+                    Regressor.predict, plus what the custom attributes ask for (options.py: intervals,
+                    explanations)
     ModelLoader     loads the worker's Servable on a thread: the built-in Predictor, or (handler mode,
                     settings.user_code set) handlers.UserHandlers, whose model_fn runs here
 
@@ -25,15 +26,17 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from werkzeug.utils import get_content_type
 
 from container.serving import codecs
+from container.serving.attributes import HEADER
 from container.serving.codecs import InputSchema
 from container.serving.errors import InvalidInput
 from container.serving.limits import RequestLimits
+from container.serving.options import NO_OPTIONS, RequestOptions, request_options
 from container.serving.readiness import ReadinessBoard
 from container.serving.servable import Answer, LoadError, RequestInfo, Servable
 from container.serving.settings import ServingSettings
@@ -41,6 +44,7 @@ from model.errors import DataError
 from model.table import Table
 
 if TYPE_CHECKING:   # torch is imported by the loader thread, after the port is bound
+    from model.explanation import Explainer
     from model.regressor import Regressor
 
 WORKER_BOOT_ERROR = 3   # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR: the master halts the server
@@ -59,20 +63,58 @@ class Predictor:
         self.version = str(regressor.info.get("version", "unknown"))
         self.schema = InputSchema(tuple(regressor.feature_names), regressor.target, regressor.numeric_only)
         self.lock = threading.Lock()
+        self._explainer: Explainer | None = None   # made by the first request with explain=true
 
     def check(self, request: RequestInfo) -> None:
         codecs.require_input_type(request.mimetype, request.content_type, self.schema)
-        codecs.response_type(request.accept, request.mimetype)   # 406 before the body is read
+        response_type = codecs.response_type(request.accept, request.mimetype)   # 406 before the body is read
+        self._options(request, response_type)   # and 400 for an unusable custom attribute
 
     def invoke(self, body: bytes, request: RequestInfo) -> Answer:
         response_type = codecs.response_type(request.accept, request.mimetype)
+        options = self._options(request, response_type)
         try:
             table = codecs.decode(body, request.mimetype, request.params, self.schema)
             self.limits.check_rows(table.n_rows)
-            payload = codecs.encode(self.predict(table), response_type, final_newline=not self.batch)
+            predictions = self.predict(table)
+            extras = self._extras(table, predictions, options) if options is not NO_OPTIONS else None
+            payload = codecs.encode(predictions, response_type, final_newline=not self.batch, extras=extras)
         except DataError as error:
             raise InvalidInput.from_data_error(error) from None
         return Answer(payload, get_content_type(response_type, "utf-8"), rows=table.n_rows)
+
+    def _options(self, request: RequestInfo, response_type: str) -> RequestOptions:
+        options = request_options(request.attributes, self.regressor.calibration,
+                                  self.regressor.baseline is not None)
+        if options.explain and response_type == codecs.CSV:
+            raise InvalidInput(f"{HEADER} explain=true: explanations are answered in JSON or JSON Lines; send "
+                               "Accept: application/json or application/jsonlines")
+        return options
+
+    def _extras(self, table: Table, predictions: np.ndarray,
+                options: RequestOptions) -> dict[str, np.ndarray | list[dict[str, Any]]]:
+        """What the options add to each row: "lower" and "upper" for intervals, "explanation" objects."""
+        extras: dict[str, np.ndarray | list[dict[str, Any]]] = {}
+        if options.interval_level is not None and self.regressor.calibration is not None:
+            extras["lower"], extras["upper"] = self.regressor.calibration.interval(predictions,
+                                                                                  options.interval_level)
+        if options.explain:
+            extras["explanation"] = self._explain(table)
+        return extras
+
+    def _explain(self, table: Table) -> list[dict[str, Any]]:
+        from model.explanation import Explainer  # torch, imported by the loader thread before any request
+
+        if self._explainer is None:   # built on the first request that asks: a float64 copy of the network
+            self._explainer = Explainer(self.regressor)
+        attributions = self._explainer.explain(table)
+        bad = np.flatnonzero(~np.isfinite(attributions).all(axis=1))
+        if len(bad):
+            raise InvalidInput("the explanation is not finite (the input lies far outside the training data)",
+                               row=int(bad[0]) + 1)
+        names, base = self._explainer.features, self._explainer.base
+        return [{"base": base, "attributions": dict(zip(names, map(float, row), strict=True))}
+                for row in attributions]
 
     def predict(self, table: Table) -> np.ndarray:
         return self.regressor.predict(table)

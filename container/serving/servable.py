@@ -32,6 +32,7 @@ class RequestInfo:
     params: Mapping[str, str] = field(default_factory=dict)   # its parameters (charset, header, ...)
     accept: MIMEAccept = field(default_factory=MIMEAccept)     # parsed Accept (q-values)
     headers: Mapping[str, str] = field(default_factory=dict)  # every request header
+    attributes: Mapping[str, str] = field(default_factory=dict)   # parsed X-Amzn-SageMaker-Custom-Attributes
 
 
 @dataclass(frozen=True)
