@@ -121,3 +121,14 @@ def predict_on_local_endpoint(sm: Any, runtime: Any, name: str, container: dict[
             sm.delete_endpoint_config(EndpointConfigName=name)
     finally:
         sm.delete_model(ModelName=name)
+
+
+def on_endpoint(deploy: Callable[[], Any], use: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Deploys (an SDK v2 Predictor comes back), runs `use` on it, and deletes model and endpoint whatever
+    happens: the model first, since afterwards its endpoint config is gone (F6)."""
+    predictor = deploy()
+    try:
+        return use(predictor)
+    finally:
+        predictor.delete_model()
+        predictor.delete_endpoint()

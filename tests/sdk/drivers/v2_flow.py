@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 # _common first: it sets the region and SAGEMAKER_SUPPRESS_V2_WARNING before the SDK loads
-from _common import ROLE, TELEMETRY_OPT_OUT, Steps, csv_numbers, read_spec, typed
+from _common import ROLE, TELEMETRY_OPT_OUT, Steps, csv_numbers, on_endpoint, read_spec, typed
 
 # isort: split
 
@@ -107,15 +106,6 @@ def predict_all(predictor: Predictor, numeric: bool = False) -> dict[str, Any]:
     results["json_instances"] = predictor.predict({"instances": instances})["predictions"]
     results["json_records"] = predictor.predict({"instances": records})["predictions"]
     return results
-
-
-def on_endpoint(deploy: Callable[[], Predictor], use: Callable[[Predictor], dict[str, Any]]) -> dict[str, Any]:
-    predictor = deploy()
-    try:
-        return use(predictor)
-    finally:
-        predictor.delete_model()      # before the endpoint: afterwards its endpoint config is gone (F6)
-        predictor.delete_endpoint()
 
 
 def http_errors(predictor: Predictor) -> dict[str, Any]:

@@ -25,11 +25,10 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 # _common first: it sets the region and SAGEMAKER_SUPPRESS_V2_WARNING before the SDK loads
-from _common import ROLE, TELEMETRY_OPT_OUT, Steps, csv_numbers, read_spec, typed
+from _common import ROLE, TELEMETRY_OPT_OUT, Steps, csv_numbers, on_endpoint, read_spec, typed
 
 # isort: split
 
@@ -169,15 +168,6 @@ def predict_all(predictor: Predictor, with_errors: bool) -> dict[str, Any]:
         after = invoke(endpoint, csv_body, "text/csv", "text/csv")
         results["after_errors"] = {"status": after["status"], "csv": csv_numbers(after["body"].encode())}
     return results
-
-
-def on_endpoint(deploy: Callable[[], Predictor], use: Callable[[Predictor], dict[str, Any]]) -> dict[str, Any]:
-    predictor = deploy()
-    try:
-        return use(predictor)
-    finally:
-        predictor.delete_model()      # before the endpoint: afterwards its endpoint config is gone (F6)
-        predictor.delete_endpoint()
 
 
 def model_deploy(model_data: str) -> Predictor:
