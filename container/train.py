@@ -21,12 +21,22 @@ from a checkpoint found there, and on SIGTERM (StopTrainingJob, spot interruptio
 optimiser step with a checkpoint (container/stopping.py, model/checkpointing.py).
 Exit codes: 0 success, 2 a problem with the configuration or data (a foreign or damaged checkpoint too),
 1 a bug, 143 stopped by SIGTERM.
+
+Several hosts (instance_count > 1) or GPUs: every host runs `train`; on a host with n GPUs it starts n - 1
+more processes, one per GPU. container/cluster.py joins them all on torch.distributed, and fit() trains
+one model data-parallel (model/training.py). A FullyReplicated channel is read whole on every host and
+divided by rank inside fit(); a ShardedByS3Key training channel already holds this host's share. Rank 0
+alone writes the model, metrics, governance files, checkpoints and the failure file (a failure every rank
+agrees on, such as a bad value in one host's data, is reported once, by rank 0, naming the host); every
+process waits for the others before it exits, so no host leaves early (in local mode the first container to
+exit ends the job).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -35,7 +45,10 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from container.channels import Channels, read_channels
+import torch
+
+from container.channels import ChannelError, Channels, read_channels
+from container.cluster import Cluster, ClusterError
 from container.errors import EXIT_INTERNAL_ERROR, JobError
 from container.failure import clear_stale_failure, report_failure
 from container.hyperparameters import parse_hyperparameters
@@ -47,11 +60,11 @@ from model.card import build_card, write_card
 from model.checkpoint import CheckpointError
 from model.checkpointing import Checkpointing, TrainingStopped, discard
 from model.config import TrainingConfig
+from model.distributed import Group
 from model.errors import DataError
 from model.evaluation import describe_worst, evaluate_split, evaluation_split
 from model.monitoring import data_quality_baseline
-from model.table import Table
-from model.training import EpochReport, FitResult, fit
+from model.training import EpochReport, FitResult, fit, share
 
 log = logging.getLogger("hyperplane.train")
 CONFIG_FILE_LIMIT = 1024 * 1024   # hyperparameters.json holds at most 100 values of 2,500 characters
@@ -76,7 +89,9 @@ def run(paths: SageMakerPaths, environ: Mapping[str, str] = os.environ) -> int:
         clear_stale_failure(paths)
         if entry is not None:
             return run_entry_point(paths, entry, hyperparameters, environ)
-        train(paths, hyperparameters)
+        train(paths, hyperparameters, environ)
+    except ReportedByRankZero as follower:
+        return follower.exit_code
     except (JobError, DataError) as error:
         report_failure(paths, f"{error}")
         return getattr(error, "exit_code", JobError.exit_code)
@@ -87,31 +102,97 @@ def run(paths: SageMakerPaths, environ: Mapping[str, str] = os.environ) -> int:
     return 0
 
 
-def train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any]) -> None:
+class ReportedByRankZero(Exception):  # noqa: N818 - an outcome, not an error of this process
+    """This process failed the way every rank did (agreed data errors, a stop, a refused checkpoint): rank
+    0 writes the failure file; this one only ends with the same exit code."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+def train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any],
+          environ: Mapping[str, str] = os.environ) -> None:
     """The built-in regressor's job; SIGTERM while it runs stops it with a checkpoint (JobStopped)."""
-    with stop_on_sigterm() as stop:
-        _train(paths, hyperparameters, stop)
-
-
-def _train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any], stop: StopRequest) -> None:
-    started = time.monotonic()
     config = parse_hyperparameters(hyperparameters)
-    resources = _read_json(paths.resource_config) or {}
-    hosts = sorted(resources.get("hosts") or ["algo-1"])
-    current = resources.get("current_host", hosts[0])
-    log.info("host %s of %s; hyperparameters: %s", current, ", ".join(hosts), json.dumps(config.to_dict()))
-    if current != hosts[0]:
-        # Multi-host training is not built yet: the leader trains alone and the others end at once, so
-        # no worker outlives the leader (local mode stops the job when the first container exits).
-        log.warning("multi-host training is not supported yet: %s leaves the training to %s", current, hosts[0])
-        return
-    channels = read_channels(paths, _read_json(paths.input_data_config), config.csv_header)
-    log.info("read %d training rows x %d columns%s%s", channels.train.n_rows, len(channels.train.names),
+    gpus = 0 if config.device == "cpu" else torch.cuda.device_count()
+    cluster = Cluster.plan(_read_json(paths.resource_config) or {}, environ, gpus)
+    others = _start_local_processes(paths, hyperparameters, cluster)
+    try:
+        with stop_on_sigterm() as stop:
+            _train_rank(paths, config, cluster, 0, stop)
+    finally:
+        _wait_for(others)
+
+
+def _start_local_processes(paths: SageMakerPaths, hyperparameters: Mapping[str, Any],
+                           cluster: Cluster) -> list[multiprocessing.process.BaseProcess]:
+    """Local ranks 1..n-1 of this host (one per GPU beyond the first), as fresh interpreters: CUDA cannot be
+    used in a forked child."""
+    context = multiprocessing.get_context("spawn")
+    processes: list[multiprocessing.process.BaseProcess] = [
+        context.Process(target=_local_process, args=(str(paths.root), dict(hyperparameters), cluster, i),
+                        name=f"rank-{cluster.rank(i)}") for i in range(1, cluster.processes_per_host)]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def _local_process(root: str, hyperparameters: dict[str, Any], cluster: Cluster, local_rank: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    paths = SageMakerPaths(pathlib.Path(root))
+    try:
+        with stop_on_sigterm() as stop:
+            _train_rank(paths, parse_hyperparameters(hyperparameters), cluster, local_rank, stop)
+    except ReportedByRankZero as follower:
+        sys.exit(follower.exit_code)
+    except (JobError, DataError) as error:   # never rank 0: the log, not the failure file
+        log.error("training failed on local rank %d: %s", local_rank, error)
+        sys.exit(getattr(error, "exit_code", JobError.exit_code))
+
+
+def _wait_for(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    for process in processes:
+        process.join(timeout=60)
+        if process.is_alive():   # rank 0 has ended, so its peers' collectives can only fail
+            log.warning("%s is still running after rank 0 ended: stopping it", process.name)
+            process.kill()
+            process.join()
+
+
+def _train_rank(paths: SageMakerPaths, config: TrainingConfig, cluster: Cluster, local_rank: int,
+                stop: StopRequest) -> None:
+    log.info("%s", cluster.describe(local_rank))
+    with cluster.joined(local_rank) as group:
+        try:
+            _train(paths, config, group, stop)
+        except (DataError, ChannelError, CheckpointError, JobStopped, JobError) as error:
+            if group.leader or isinstance(error, ClusterError):
+                raise
+            log.error("training failed on every process: %s (rank 0 writes the failure file)", error)
+            raise ReportedByRankZero(getattr(error, "exit_code", JobError.exit_code)) from None
+        # No process may leave before the others: in local mode the first container to exit ends the job.
+        group.barrier()
+
+
+def _train(paths: SageMakerPaths, config: TrainingConfig, group: Group, stop: StopRequest) -> None:
+    started = time.monotonic()
+    log.info("hyperparameters: %s", json.dumps(config.to_dict()))
+    input_config = _read_json(paths.input_data_config)
+    channels = group.agree(lambda: read_channels(paths, input_config, config.csv_header),
+                           errors=(ChannelError, DataError))
+    sharded = _sharded(input_config)
+    log.info("read %d training rows x %d columns%s%s%s", channels.train.n_rows, len(channels.train.names),
              f", {channels.validation.n_rows} validation rows" if channels.validation else "",
-             f", {channels.test.n_rows} test rows" if channels.test else "")
+             f", {channels.test.n_rows} test rows" if channels.test else "",
+             (" (this host's shard: ShardedByS3Key)" if sharded else " (every host reads them all: "
+              "FullyReplicated; each rank trains on its share)") if group.distributed else "")
     checkpointing = Checkpointing(paths.checkpoints_dir, config.checkpoint_epochs, config.checkpoint_seconds,
                                   stop.requested)
-    result = _fit(config, channels.train, channels.validation, channels.test, checkpointing, stop)
+    result = _fit(config, channels, checkpointing, stop, group, sharded)
+    if not group.leader:
+        return
     if stop.requested():
         log.info("SIGTERM came after the last training step: the job finishes writing the model")
     path = artifact.save(result.regressor, paths.model_dir)
@@ -121,12 +202,21 @@ def _train(paths: SageMakerPaths, hyperparameters: Mapping[str, Any], stop: Stop
     for split, values in result.metrics.items():
         print(" ".join(f"{split}_{key}={value:.6g}" for key, value in values.items() if key != "rows"),
               flush=True)
+    if sharded and group.distributed:
+        log.info("evaluation.json, the monitoring baseline and the model card describe %s's shard of the data",
+                 group.name)
     _write_governance(paths, config, channels, result, path)
     # Only now that the model is written: SageMaker mirrors the deletion to checkpoint_s3_uri, and a later
     # job with the same checkpoint folder trains from the start instead of resuming a finished run.
     discard(checkpointing)
     log.info("best epoch %d of %d; model written to %s in %.1f s", result.best_epoch, result.epochs_run, path,
              time.monotonic() - started)
+
+
+def _sharded(input_config: Mapping[str, Any] | None) -> dict[str, bool]:
+    """Which channels are ShardedByS3Key (each host holds its own files) rather than FullyReplicated."""
+    return {name: isinstance(entry, dict) and entry.get("S3DistributionType") == "ShardedByS3Key"
+            for name, entry in (input_config or {}).items()}
 
 
 def _write_governance(paths: SageMakerPaths, config: TrainingConfig, channels: Channels, result: FitResult,
@@ -150,11 +240,18 @@ def _write_json(path: pathlib.Path, value: Mapping[str, Any], indent: int | None
     path.write_text(json.dumps(value, indent=indent, allow_nan=False) + "\n")
 
 
-def _fit(config: TrainingConfig, train: Table, validation: Table | None, test: Table | None,
-         checkpointing: Checkpointing, stop: StopRequest) -> FitResult:
+def _fit(config: TrainingConfig, channels: Channels, checkpointing: Checkpointing, stop: StopRequest,
+         group: Group, sharded: Mapping[str, bool]) -> FitResult:
     """fit() with checkpoints, and the two ways it can end early as JobErrors."""
+    train_sharded = any(sharded.get(name, False) for name in ("train", "training"))
+    validation, test = channels.validation, channels.test
+    if train_sharded and group.distributed:
+        # fit() divides the other splits like the training one; a FullyReplicated one is divided here
+        validation = share(validation, group) if validation and not sharded.get("validation") else validation
+        test = share(test, group) if test and not sharded.get("test") else test
     try:
-        return fit(train, config, validation, test, on_epoch=_log_epoch, checkpointing=checkpointing)
+        return fit(channels.train, config, validation, test, on_epoch=_log_epoch if group.leader else None,
+                   checkpointing=checkpointing, group=group, replicated=not train_sharded)
     except CheckpointError as error:
         raise JobError(f"{error} (on SageMaker the checkpoint folder is the job's checkpoint_s3_uri)") from None
     except TrainingStopped as stopped:

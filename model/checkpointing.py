@@ -44,6 +44,7 @@ class Checkpointing:
     every_seconds: float = 300.0                      # 0: no time trigger
     stop_requested: Callable[[], bool] = _never       # polled between optimiser steps
     clock: Callable[[], float] = time.monotonic
+    writes: bool = True                               # False: another process (rank 0) writes for this one
 
     @property
     def enabled(self) -> bool:
@@ -120,6 +121,8 @@ class Checkpointer:
 
     def _write(self, take: Callable[[], Snapshot], why: str) -> tuple[pathlib.Path | None, str | None]:
         assert self._settings is not None
+        if not self._settings.writes:
+            return None, "rank 0 writes the checkpoints"
         started = time.perf_counter()
         snapshot = take()
         # After a failure too, so that a broken folder is retried once per interval, not at every step.

@@ -79,8 +79,10 @@ def canonical_category(cell: Cell) -> str:
 
 
 def infer_schema(table: Table, target: str | None, categorical_columns: Sequence[str] = (),
-                 drop_columns: Sequence[str] = ()) -> Schema:
-    """Schema of `table`; `target` defaults to the first column (SageMaker's headerless-CSV convention)."""
+                 drop_columns: Sequence[str] = (), infer_kinds: bool = True) -> Schema:
+    """Schema of `table`; `target` defaults to the first column (SageMaker's headerless-CSV convention).
+    With infer_kinds=False only the roles are checked: columns not forced categorical are called numeric
+    (model/agreed.py then decides their kinds from every process's rows)."""
     names = table.names
     if not names:
         raise DataError("the training data has no columns")
@@ -96,7 +98,8 @@ def infer_schema(table: Table, target: str | None, categorical_columns: Sequence
         if name == target or name in drop_columns:
             continue
         forced = name in categorical_columns
-        features.append(Feature(name, Kind.CATEGORICAL if forced else _infer_kind(table, name)))
+        kind = Kind.CATEGORICAL if forced else _infer_kind(table, name) if infer_kinds else Kind.NUMERIC
+        features.append(Feature(name, kind))
     if not features:
         raise DataError(f"no feature columns left besides the target {target!r}")
     return Schema(target, tuple(features))

@@ -19,11 +19,29 @@ Without it, fit() behaves as it always did.
 After training, the validation split's residuals calibrate split-conformal prediction intervals
 (model/conformal.py), kept in `regressor.calibration`; the mean encoded training row is kept in
 `regressor.baseline` for explanations (model/explanation.py).
+
+Data-parallel: with a `group` of several processes (model/distributed.py), every process runs fit() and
+they compute together exactly what one process would on all the rows, up to float rounding:
+- `replicated=True` (every process was given the whole tables, SageMaker's FullyReplicated): the hold-out is
+  drawn as one process draws it, then each rank keeps a contiguous share of every split;
+  `replicated=False` (each was given its own rows, ShardedByS3Key): the hold-out is drawn over the rows of
+  all ranks in rank order, as one process would draw it from their concatenation.
+- The schema, levels and scaling statistics are agreed over all ranks (model/agreed.py).
+- Every rank draws the same batch order over all training rows; each computes the summed loss of the rows
+  of the batch it holds, the gradients are summed over ranks in one flat all-reduce and divided by the
+  batch's rows, so every rank takes the same optimiser step a single process takes. (torch's
+  DistributedDataParallel averages per-rank means, which differs from the batch mean whenever a batch
+  divides unevenly between ranks.) L-BFGS evaluates the full-batch loss the same way, so the linear model
+  stays exactly least squares.
+- Validation losses and metrics are sums over ranks, so early stopping is decided on the same numbers by
+  every rank; rank 0 alone reads and writes checkpoints and hands the resumed state to the others; a
+  SIGTERM on any rank stops all of them at the same step.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import importlib.metadata
 import logging
@@ -36,15 +54,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.agreed import agreed_preprocessor, agreed_schema
 from model.checkpoint import CheckpointError, Identity, Position, Snapshot, StateDict
 from model.checkpointing import Checkpointer, Checkpointing
 from model.config import TrainingConfig
 from model.conformal import calibrate
+from model.distributed import Group
 from model.errors import DataError
 from model.network import build_network, predict_mean
-from model.preprocessing import Preprocessor, fit_preprocessor, target_values
+from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
-from model.schema import Schema, infer_schema
+from model.schema import Schema
 from model.table import Table
 
 log = logging.getLogger("hyperplane.checkpoint")
@@ -68,28 +88,44 @@ class FitResult:
 
 def fit(train: Table, config: TrainingConfig, validation: Table | None = None, test: Table | None = None,
         on_epoch: Callable[[EpochReport], None] | None = None,
-        checkpointing: Checkpointing | None = None) -> FitResult:
+        checkpointing: Checkpointing | None = None, group: Group | None = None,
+        replicated: bool = True) -> FitResult:
     """Raises DataError for unusable data, CheckpointError for a checkpoint of another job or a damaged one,
-    and TrainingStopped when checkpointing.stop_requested() turned true (after writing a checkpoint)."""
-    schema = infer_schema(train, config.target, config.categorical_columns, config.drop_columns)
+    and TrainingStopped when checkpointing.stop_requested() turned true (after writing a checkpoint).
+    With a `group`, every rank calls fit() and every rank gets the same FitResult (see the module's
+    docstring for `replicated`)."""
+    group = group or Group.single()
+    schema = agreed_schema(train, config, group)
     for name, table in (("validation", validation), ("test", test)):
         if table is not None:
-            _check_same_columns(train, table, name)
-    train_rows, validation_rows = (train, validation) if validation is not None else holdout(train, config)
+            group.agree(functools.partial(_check_same_columns, train, table, name))
+    if validation is not None:
+        train_rows, validation_rows = train, validation
+    elif replicated:
+        train_rows, validation_rows = holdout(train, config)
+    else:
+        train_rows, validation_rows = _global_holdout(train, config, group)
+    if replicated and group.distributed:
+        train_rows, validation_rows = share(train_rows, group), share(validation_rows, group)
+        test = share(test, group) if test is not None else None
     device = _device(config.device)
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
 
-    preprocessor = fit_preprocessor(train_rows, schema, config.target_transform)
+    preprocessor = agreed_preprocessor(train_rows, schema, config.target_transform, group)
     network = build_network(preprocessor.n_inputs, config.hidden_layers, config.dropout,
                             config.ensemble_size).to(device)
-    x_train, y_train = _tensors(preprocessor, train_rows, device)
-    x_val, y_val = _tensors(preprocessor, validation_rows, device)
+    x_train, y_train = group.agree(lambda: _tensors(preprocessor, train_rows, device))
+    x_val, y_val = group.agree(lambda: _tensors(preprocessor, validation_rows, device))
     val_truth = target_values(validation_rows, schema.target)
+    held = _RowShare.of(len(x_train), group)
+    validation_total = int(group.sum(np.array([len(x_val)]))[0])
 
     linear = not config.hidden_layers
-    steps: _Steps = _LBFGSSteps(network, x_train, y_train) if linear else _AdamWSteps(network, x_train, y_train,
-                                                                                      config)
+    steps: _Steps = (_LBFGSSteps(network, x_train, y_train, group, held) if linear else
+                     _AdamWSteps(network, x_train, y_train, config, group, held))
+    if checkpointing is not None and group.distributed:
+        checkpointing = _shared_checkpointing(checkpointing, group)
     checkpointer = Checkpointer(checkpointing, lambda: Identity(
         config.training_settings(), train.fingerprint(), validation.fingerprint() if validation is not None else None))
     progress = _Progress(float("inf"), 0, copy.deepcopy(network.state_dict()))
@@ -101,7 +137,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
                         torch.cuda.get_rng_state_all() if device.type == "cuda" else [], progress.best_loss,
                         progress.best_epoch, progress.best_state, device.type)
 
-    resumed = checkpointer.resume()
+    resumed = _resume(checkpointer, group)
     start, loss_sum = Position(0), 0.0
     if resumed is not None:
         _restore(resumed, network, steps, device)
@@ -122,12 +158,15 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         network.eval()
         with torch.inference_mode():
             scaled = predict_mean(network, x_val)
-            val_loss = float(nn.functional.mse_loss(scaled, y_val))
+            scaled_sse = float(((scaled - y_val).double() ** 2).sum())
         predictions = preprocessor.decode_target(scaled.cpu().numpy())
+        sums = group.sum(np.array([scaled_sse, float(((predictions - val_truth) ** 2).sum())])) / validation_total
+        val_loss = float(sums[0])
         if on_epoch:
-            on_epoch(EpochReport(epoch, train_loss, val_loss, _rmse(val_truth, predictions)))
+            on_epoch(EpochReport(epoch, train_loss, val_loss, float(np.sqrt(sums[1]))))
         # The linear model is least squares, so it runs to the training optimum; the MLPs stop early.
-        monitored = train_loss if linear else val_loss
+        # Rank 0's number decides for every rank: the sums are equal everywhere, and so must the decision be.
+        monitored = group.broadcast(train_loss if linear else val_loss)
         best_loss = progress.best_loss
         if monitored < best_loss - 1e-9 * abs(best_loss if best_loss < float("inf") else 1.0):
             progress = _Progress(monitored, epoch, copy.deepcopy(network.state_dict()))
@@ -138,31 +177,82 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
 
     # explanations' baseline: the mean encoded training row (numerics 0, one-hots at the level frequencies)
     regressor = Regressor(preprocessor, network, config,
-                          baseline=tuple(x_train.double().mean(dim=0).cpu().tolist()))
+                          baseline=tuple(_column_means(x_train, group).tolist()))
     # split conformal: the validation rows did not fit the weights, so their residuals calibrate intervals
-    regressor.calibration = calibrate(regressor.predict(validation_rows.select(regressor.feature_names)),
-                                      val_truth, config.target_transform)
+    predicted = regressor.predict(validation_rows.select(regressor.feature_names))
+    gathered = group.gather((predicted, val_truth))
+    regressor.calibration = calibrate(np.concatenate([p for p, _ in gathered]),
+                                      np.concatenate([t for _, t in gathered]), config.target_transform)
     splits = {"train": train_rows, "validation": validation_rows, **({"test": test} if test else {})}
-    metrics = {name: evaluate(regressor, table) for name, table in splits.items()}
-    regressor.info.update(_provenance(train, schema, metrics, progress.best_epoch, epoch))
+    metrics = {name: evaluate(regressor, table, group) for name, table in splits.items()}
+    training_rows = train.n_rows if replicated else int(group.sum(np.array([train.n_rows]))[0])
+    regressor.info.update(_provenance(train, training_rows, schema, metrics, progress.best_epoch, epoch))
     return FitResult(regressor, metrics, progress.best_epoch, epoch)
 
 
-def evaluate(regressor: Regressor, table: Table) -> dict[str, float]:
-    """rmse, mae, mape (%) and r2 of the regressor on a table that holds the target column."""
+def evaluate(regressor: Regressor, table: Table, group: Group | None = None) -> dict[str, float]:
+    """rmse, mae, mape (%) and r2 of the regressor on a table that holds the target column; with a group,
+    of the rows of every rank's table together (each rank holds a part)."""
+    group = group or Group.single()
     truth = target_values(table, regressor.target)
     predicted = regressor.predict(table.select(regressor.feature_names))   # drop_columns too
+    if not group.distributed:
+        error = predicted - truth
+        total = float(((truth - truth.mean()) ** 2).sum())
+        nonzero = truth != 0
+        return {"rmse": _rmse(truth, predicted), "mae": float(np.abs(error).mean()),
+                "mape": float(np.abs(error[nonzero] / truth[nonzero]).mean() * 100) if nonzero.any() else 0.0,
+                "r2": 1 - float((error ** 2).sum()) / total if total > 0 else 0.0, "rows": float(table.n_rows)}
+    rows, truth_sum = group.sum(np.array([len(truth), truth.sum()]))
     error = predicted - truth
-    total = float(((truth - truth.mean()) ** 2).sum())
     nonzero = truth != 0
-    return {"rmse": _rmse(truth, predicted), "mae": float(np.abs(error).mean()),
-            "mape": float(np.abs(error[nonzero] / truth[nonzero]).mean() * 100) if nonzero.any() else 0.0,
-            "r2": 1 - float((error ** 2).sum()) / total if total > 0 else 0.0, "rows": float(table.n_rows)}
+    sse, sae, ape, n_nonzero, total = group.sum(np.array([
+        (error ** 2).sum(), np.abs(error).sum(), np.abs(error[nonzero] / truth[nonzero]).sum(),
+        nonzero.sum(), ((truth - truth_sum / rows) ** 2).sum()]))
+    return {"rmse": float(np.sqrt(sse / rows)), "mae": float(sae / rows),
+            "mape": float(ape / n_nonzero * 100) if n_nonzero else 0.0,
+            "r2": 1 - float(sse / total) if total > 0 else 0.0, "rows": float(rows)}
 
 
-def _member_loss(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of the members' own squared errors: each member learns alone, none leans on the others."""
-    return nn.functional.mse_loss(outputs, y[:, None].expand_as(outputs))
+def _member_loss(outputs: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:
+    """The members' own squared errors, summed over this rank's rows and divided by `rows` (the rows of the
+    whole batch, over all ranks) and the members: summed over ranks it is the batch's mean. Each member
+    learns alone, none leans on the others."""
+    return nn.functional.mse_loss(outputs, y[:, None].expand_as(outputs), reduction="sum") / (
+        rows * outputs.shape[1])
+
+
+def _sum_gradients(network: nn.Module, loss: torch.Tensor, group: Group) -> float:
+    """Sums the gradients and the loss over ranks (one flat all-reduce); the batch's loss."""
+    if not group.distributed:
+        return float(loss.detach())
+    grads = [p.grad if p.grad is not None else p.new_zeros(p.shape) for p in network.parameters()]
+    total = loss.detach().reshape(1).clone()
+    group.sum_tensors_([*grads, total])
+    for parameter, grad in zip(network.parameters(), grads, strict=True):
+        parameter.grad = grad
+    return float(total[0])
+
+
+@dataclass(frozen=True)
+class _RowShare:
+    """The training rows this rank holds: rows [offset, offset + count) of `total` over all ranks."""
+
+    offset: int
+    count: int
+    total: int
+
+    @classmethod
+    def of(cls, count: int, group: Group) -> _RowShare:
+        counts = group.gather(count)
+        return cls(sum(counts[:group.rank]), count, sum(counts))
+
+    def local(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a batch of global row numbers, as indices into its own rows."""
+        if self.count == self.total:
+            return batch
+        held = batch[(batch >= self.offset) & (batch < self.offset + self.count)]
+        return held - self.offset
 
 
 def _rmse(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -195,11 +285,12 @@ class _LBFGSSteps:
     """Full-batch L-BFGS, one step per epoch. A convex problem: it reaches the least-squares optimum in a
     few dozen iterations."""
 
-    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, group: Group,
+                 share: _RowShare) -> None:
         self.optimizer = torch.optim.LBFGS(
             network.parameters(), lr=1.0, max_iter=20, history_size=50, tolerance_grad=1e-10,
             tolerance_change=1e-14, line_search_fn="strong_wolfe")
-        self._network, self._x, self._y = network, x, y
+        self._network, self._x, self._y, self._group, self._share = network, x, y, group, share
 
     def batch_order(self) -> torch.Tensor | None:
         return None
@@ -219,19 +310,22 @@ class _LBFGSSteps:
 
     def _closure(self) -> torch.Tensor:
         self.optimizer.zero_grad()
-        loss = _member_loss(self._network(self._x), self._y)
+        loss = _member_loss(self._network(self._x), self._y, self._share.total)
         loss.backward()
-        return loss
+        # every rank gets the full-batch loss and gradient, so L-BFGS takes the same path on all of them
+        return torch.tensor(_sum_gradients(self._network, loss, self._group), dtype=loss.dtype)
 
 
 class _AdamWSteps:
     """AdamW on shuffled mini-batches, one step per batch."""
 
-    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig) -> None:
+    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig, group: Group,
+                 share: _RowShare) -> None:
         self.optimizer = torch.optim.AdamW(
             network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         self._order = torch.Generator().manual_seed(config.seed)   # on the CPU: CPU and GPU runs see one order
         self._network, self._x, self._y, self._batch_size = network, x, y, config.batch_size
+        self._group, self._share = group, share
         self._batches: list[torch.Tensor] = []
 
     def batch_order(self) -> torch.Tensor | None:
@@ -243,19 +337,22 @@ class _AdamWSteps:
         self._order.set_state(state)
 
     def start_epoch(self) -> int:
-        self._batches = list(torch.randperm(len(self._x), generator=self._order).split(self._batch_size))
+        # over the rows of all ranks: every rank draws the same batches
+        self._batches = list(torch.randperm(self._share.total, generator=self._order).split(self._batch_size))
         return len(self._batches)
 
     def step(self, index: int) -> float:
-        batch = self._batches[index].to(self._x.device)
+        batch = self._batches[index]
+        rows = self._share.local(batch).to(self._x.device)
         self.optimizer.zero_grad()
-        loss = _member_loss(self._network(self._x[batch]), self._y[batch])
+        loss = _member_loss(self._network(self._x[rows]), self._y[rows], len(batch))
         loss.backward()
+        batch_loss = _sum_gradients(self._network, loss, self._group)
         self.optimizer.step()
-        return float(loss.detach()) * len(batch)
+        return batch_loss * len(batch)
 
     def epoch_loss(self, total: float) -> float:
-        return total / len(self._x)
+        return total / self._share.total
 
 
 def _restore(snapshot: Snapshot, network: nn.Module, steps: _Steps, device: torch.device) -> None:
@@ -277,11 +374,64 @@ def _restore(snapshot: Snapshot, network: nn.Module, steps: _Steps, device: torc
 
 
 def holdout(table: Table, config: TrainingConfig) -> tuple[Table, Table]:
-    if table.n_rows < 2:
-        raise DataError(f"need at least 2 training rows to hold out a validation split, got {table.n_rows}")
-    order = np.random.default_rng(config.seed).permutation(table.n_rows)
-    n_validation = min(table.n_rows - 1, max(1, round(table.n_rows * config.validation_fraction)))
-    return table.take(np.sort(order[n_validation:])), table.take(np.sort(order[:n_validation]))
+    validation = _validation_rows(table.n_rows, config)
+    kept = np.ones(table.n_rows, dtype=bool)
+    kept[validation] = False
+    return table.take(np.flatnonzero(kept)), table.take(validation)
+
+
+def _validation_rows(n_rows: int, config: TrainingConfig) -> np.ndarray:
+    """The sorted row numbers of the validation split drawn from `n_rows` rows."""
+    if n_rows < 2:
+        raise DataError(f"need at least 2 training rows to hold out a validation split, got {n_rows}")
+    order = np.random.default_rng(config.seed).permutation(n_rows)
+    n_validation = min(n_rows - 1, max(1, round(n_rows * config.validation_fraction)))
+    return np.sort(order[:n_validation])
+
+
+def _global_holdout(table: Table, config: TrainingConfig, group: Group) -> tuple[Table, Table]:
+    """holdout() over the rows of all ranks in rank order; each rank gets its own rows of both splits."""
+    counts = group.gather(table.n_rows)
+    offset = sum(counts[:group.rank])
+    validation = _validation_rows(sum(counts), config)
+    mine = validation[(validation >= offset) & (validation < offset + table.n_rows)] - offset
+    kept = np.ones(table.n_rows, dtype=bool)
+    kept[mine] = False
+    return table.take(np.flatnonzero(kept)), table.take(mine)
+
+
+def share(table: Table, group: Group) -> Table:
+    """Rank r's contiguous share of a table every rank holds whole (its rows in rank order are the table)."""
+    bounds = [table.n_rows * rank // group.world_size for rank in range(group.world_size + 1)]
+    return table.take(np.arange(bounds[group.rank], bounds[group.rank + 1]))
+
+
+def _column_means(x: torch.Tensor, group: Group) -> np.ndarray:
+    sums = group.sum(np.concatenate([x.double().sum(dim=0).cpu().numpy(), [len(x)]]))
+    return np.asarray(sums[:-1] / sums[-1])
+
+
+def _shared_checkpointing(settings: Checkpointing, group: Group) -> Checkpointing:
+    """Checkpointing for one rank of several: a stop on any rank stops all at the same step, and only rank
+    0 writes (every rank holds the same model and optimiser state)."""
+    local = settings.stop_requested
+    return dataclasses.replace(settings, stop_requested=lambda: group.any(local()), writes=group.leader)
+
+
+def _resume(checkpointer: Checkpointer, group: Group) -> Snapshot | None:
+    """The checkpoint to go on from: rank 0 reads it and hands it (or its refusal) to every rank."""
+    if not group.distributed:
+        return checkpointer.resume()
+    outcome: Snapshot | str | None = None
+    if group.leader:
+        try:
+            outcome = checkpointer.resume()
+        except CheckpointError as error:
+            outcome = str(error)
+    outcome = group.broadcast(outcome)
+    if isinstance(outcome, str):
+        raise CheckpointError(outcome)
+    return outcome
 
 
 def _check_same_columns(train: Table, other: Table, name: str) -> None:
@@ -303,14 +453,14 @@ def _device(choice: str) -> torch.device:
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def _provenance(train: Table, schema: Schema, metrics: dict[str, dict[str, float]], best_epoch: int,
-                epochs_run: int) -> dict[str, object]:
+def _provenance(train: Table, training_rows: int, schema: Schema, metrics: dict[str, dict[str, float]],
+                best_epoch: int, epochs_run: int) -> dict[str, object]:
     try:
         own_version = importlib.metadata.version("hyperplane")
     except importlib.metadata.PackageNotFoundError:
         own_version = "unknown"
     return {"metrics": metrics, "best_epoch": best_epoch, "epochs_run": epochs_run,
-            "data_fingerprint": train.fingerprint(), "training_rows": train.n_rows,
+            "data_fingerprint": train.fingerprint(), "training_rows": training_rows,
             "features": len(schema.features),
             "versions": {"hyperplane": own_version, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()}}

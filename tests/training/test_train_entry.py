@@ -85,10 +85,10 @@ def sigterm_before_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     calls = itertools.count(1)
     real = training._member_loss
 
-    def loss_then_signal(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_then_signal(outputs: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:
         if next(calls) == step:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(outputs, y)
+        return real(outputs, y, rows)
 
     monkeypatch.setattr(training, "_member_loss", loss_then_signal)
 
