@@ -14,6 +14,9 @@ reads input/config/*.json, the channels under input/data, fits the model and wri
                                   features (model/monitoring.py),
 - model/model-card.json           data fingerprint, columns used and dropped, hyperparameters, versions,
                                   metrics, intended use and limits (model/card.py),
+- output/data/report.html, model/report.html   the same evaluation for people: one self-contained page with
+                                  learning curves, predicted against actual, residuals by slice and
+                                  attributions (model/report.py),
 - output/failure                  on failure: one sentence naming the cause, then (for bugs) the traceback.
 Every epoch logs one `key=value` line that SageMaker metric_definitions can match (see the README).
 The built-in regressor checkpoints to checkpoints/ (what SageMaker syncs with checkpoint_s3_uri), resumes
@@ -64,6 +67,7 @@ from model.distributed import Group
 from model.errors import DataError
 from model.evaluation import describe_worst, evaluate_split, evaluation_split
 from model.monitoring import data_quality_baseline
+from model.report import evaluation_report, write_report
 from model.training import EpochReport, FitResult, fit, share
 
 log = logging.getLogger("hyperplane.train")
@@ -222,7 +226,8 @@ def _sharded(input_config: Mapping[str, Any] | None) -> dict[str, bool]:
 def _write_governance(paths: SageMakerPaths, config: TrainingConfig, channels: Channels, result: FitResult,
                       artifact_path: pathlib.Path) -> None:
     """After the artifact: evaluation.json and the monitoring baseline in output/data (output.tar.gz, where a
-    pipeline step or a monitoring schedule takes them from), and model-card.json beside the artifact."""
+    pipeline step or a monitoring schedule takes them from), model-card.json beside the artifact, and
+    report.html in both."""
     split, table = evaluation_split(channels.train, config, channels.validation, channels.test)
     report = evaluate_split(result.regressor, table, split, seed=config.seed)
     _write_json(paths.output_data_dir / "evaluation.json", report)
@@ -234,6 +239,10 @@ def _write_governance(paths: SageMakerPaths, config: TrainingConfig, channels: C
     card = build_card(result.regressor, artifact_path, rows, report)
     write_card(card, paths.model_dir)
     log.info("model card: %s", card["summary"])
+    page = evaluation_report(result.regressor, table, result.history, result.best_epoch, report, card,
+                             seed=config.seed)
+    write_report(page, paths.output_data_dir)   # output.tar.gz, beside evaluation.json
+    write_report(page, paths.model_dir)         # model.tar.gz, beside the model card
 
 
 def _write_json(path: pathlib.Path, value: Mapping[str, Any], indent: int | None = 2) -> None:

@@ -84,6 +84,7 @@ class FitResult:
     metrics: dict[str, dict[str, float]]   # split name -> rmse, mae, mape, r2, rows
     best_epoch: int
     epochs_run: int
+    history: list[EpochReport] = dataclasses.field(default_factory=list)   # the epochs this run trained
 
 
 def fit(train: Table, config: TrainingConfig, validation: Table | None = None, test: Table | None = None,
@@ -144,6 +145,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         progress = _Progress(resumed.best_loss, resumed.best_epoch, resumed.best_network)
         start, loss_sum = resumed.position, resumed.loss_sum
     epoch = start.epochs_done
+    history: list[EpochReport] = []
     for epoch in range(start.epochs_done + 1, config.epochs + 1):
         batch_order = steps.batch_order()   # before this epoch's permutation: a resumed run redraws it
         batches = steps.start_epoch()
@@ -162,8 +164,9 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         predictions = preprocessor.decode_target(scaled.cpu().numpy())
         sums = group.sum(np.array([scaled_sse, float(((predictions - val_truth) ** 2).sum())])) / validation_total
         val_loss = float(sums[0])
+        history.append(EpochReport(epoch, train_loss, val_loss, float(np.sqrt(sums[1]))))
         if on_epoch:
-            on_epoch(EpochReport(epoch, train_loss, val_loss, float(np.sqrt(sums[1]))))
+            on_epoch(history[-1])
         # The linear model is least squares, so it runs to the training optimum; the MLPs stop early.
         # Rank 0's number decides for every rank: the sums are equal everywhere, and so must the decision be.
         monitored = group.broadcast(train_loss if linear else val_loss)
@@ -187,7 +190,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     metrics = {name: evaluate(regressor, table, group) for name, table in splits.items()}
     training_rows = train.n_rows if replicated else int(group.sum(np.array([train.n_rows]))[0])
     regressor.info.update(_provenance(train, training_rows, schema, metrics, progress.best_epoch, epoch))
-    return FitResult(regressor, metrics, progress.best_epoch, epoch)
+    return FitResult(regressor, metrics, progress.best_epoch, epoch, history)
 
 
 def evaluate(regressor: Regressor, table: Table, group: Group | None = None) -> dict[str, float]:

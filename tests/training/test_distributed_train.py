@@ -94,3 +94,33 @@ def test_a_master_whose_peer_never_arrives_fails_naming_it(tmp_path: pathlib.Pat
     failure = (job / "output/failure").read_text().splitlines()[0]
     assert failure.startswith("algo-2 did not join the training within 3 s"), failure
     assert "1 of 2 processes arrived" in failure
+
+
+def test_sigterm_stops_every_process_at_one_step_and_the_restart_resumes_to_the_same_model(
+        tmp_path: pathlib.Path) -> None:
+    hyperparameters = {**FAST, "epochs": "40", "patience": "40", "hidden_layers": "16", "ensemble_size": "2",
+                       "checkpoint_epochs": "1000"}
+    whole = lay_out_job(tmp_path / "whole", Job(hyperparameters=hyperparameters))
+    stopped = lay_out_job(tmp_path / "stopped", Job(hyperparameters=hyperparameters))
+    assert run_train(whole, HYPERPLANE_PROCESSES_PER_HOST="2").returncode == 0
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(stopped), "HYPERPLANE_MASTER_PORT": str(free_port()),
+           "HYPERPLANE_PROCESSES_PER_HOST": "2"}
+    process = subprocess.Popen(TRAIN, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout is not None
+    output = []
+    for line in process.stdout:   # rank 0's process is the one docker stop signals
+        output.append(line)
+        if line.startswith("epoch=3 "):
+            process.send_signal(15)
+            break
+    output.extend(process.stdout)
+    assert process.wait(timeout=60) == 143, "".join(output)[-3000:]
+    failure = (stopped / "output/failure").read_text().splitlines()[0]
+    assert failure.startswith("the training job was stopped (SIGTERM) "), failure
+    assert "a checkpoint is in" in failure
+    assert "(rank 0 writes the failure file)" in "".join(output)   # rank 1 stopped at the same step
+    resumed = run_train(stopped, HYPERPLANE_PROCESSES_PER_HOST="2")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resuming from the checkpoint" in resumed.stdout
+    assert (json.loads((stopped / "output/data/metrics.json").read_text())
+            == json.loads((whole / "output/data/metrics.json").read_text()))

@@ -107,3 +107,16 @@ def test_serving_logs_the_card_summary_and_serves_without_one(job: pathlib.Path,
     with caplog.at_level(logging.INFO, logger="hyperplane.serve"):
         validate_artifact(older)
     assert any(m.startswith("model card: none") for m in caplog.messages)
+
+
+def test_the_report_is_in_the_output_and_beside_the_artifact(job: pathlib.Path) -> None:
+    """report.html in output/data (output.tar.gz) and in model/ (model.tar.gz): the same page, one point
+    of the learning curves per epoch run, the evaluated split's rmse from evaluation.json."""
+    pages = [(job / folder / "report.html").read_text() for folder in ("output/data", "model")]
+    assert pages[0] == pages[1]
+    evaluation = _read(job, "output/data/evaluation.json")
+    metrics = _read(job, "output/data/metrics.json")
+    assert f"{evaluation['regression_metrics']['rmse']['value']:,.0f}" in pages[0]
+    for figure in ("learning-curves", "predicted-vs-actual", "residuals-by-slice", "attributions"):
+        assert f'id="{figure}"' in pages[0]
+    assert metrics["epochs_run"] == 5
