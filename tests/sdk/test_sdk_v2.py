@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from model.regressor import Regressor
+from tests.jobs import CARS_LINES
 from tests.sdk.conftest import (
     FEATURES,
     HYPERPARAMETERS,
@@ -69,7 +70,7 @@ def v2(sdk_images: tuple[str, str]) -> V2Run:
         steps = run_driver(2, "v2_flow.py", spec, root)
         # read everything the tests need before the scratch folder goes
         models, outs = {}, {}
-        for name, fit_step in (("mixed", "fit"), ("numeric", "fit_numeric")):
+        for name, fit_step in (("mixed", "fit"), ("numeric", "fit_numeric"), ("two_hosts", "fit_two_hosts")):
             if steps.get(fit_step, {}).get("ok"):
                 model_tar = pathlib.Path(steps[fit_step]["value"]["model_data"].removeprefix("file://"))
                 models[name] = load_model_tar(model_tar, root / "in-process" / name)
@@ -216,3 +217,20 @@ def test_leaves_no_containers_networks_or_folders(v2: V2Run) -> None:
     removes them by their compose working directory, and the sagemaker-local network and scratch folder."""
     v2.hygiene.assert_clean()
     assert len(v2.hygiene.removed) >= 9    # 3 fits, 4 endpoints, 2 transforms
+
+
+def test_two_hosts_train_one_model_as_good_as_one_host(v2: V2Run) -> None:
+    """instance_count=2: both containers join one torch.distributed world, one model comes out, it serves,
+    and its error on cars it never saw matches the one-host model's within 1%."""
+    fit = step(v2.steps, "fit_two_hosts")
+    ranks = sorted(rank for line in fit["joined"] for rank in re.findall(r" rank=(\d) ", line))
+    assert ranks == ["0", "1"], fit["joined"]
+    assert all("world_size=2" in line and "backend=gloo" in line for line in fit["joined"]), fit["joined"]
+    two, one = v2.models["two_hosts"], v2.models["mixed"]
+    assert two.info["training_rows"] == one.info["training_rows"] == 300
+    held_out = [line.strip().split(",") for line in CARS_LINES[600:1400]]
+    truth = np.array([float(row[0]) for row in held_out])
+    errors = [float(np.sqrt(np.mean((predict_rows(model, [row[1:] for row in held_out]) - truth) ** 2)))
+              for model in (two, one)]
+    assert abs(errors[0] - errors[1]) / errors[1] < 0.01, errors
+    _assert_predictions(step(v2.steps, "deploy_two_hosts"), predict_rows(two, REQUEST_ROWS))

@@ -28,7 +28,7 @@ TELEMETRY_OPT_OUT = {"SchemaVersion": "1.0",                   # F3: no STS / S3
 LOG_LIMIT = 20000   # characters of each step's captured stdout kept in the result
 
 
-class _Tee(io.TextIOBase):
+class Tee(io.TextIOBase):
     """Captures what the SDK writes to sys.stdout (container logs) and still shows it."""
 
     def __init__(self, echo: Any) -> None:
@@ -52,7 +52,7 @@ class Steps:
     def run(self, name: str, step: Callable[[], Any], describe: Callable[[Any], Any] = lambda v: v) -> Any:
         """Runs `step`, records describe(its value) (or its traceback) under `name`, returns the value."""
         print(f"===== step {name} =====", flush=True)
-        tee = _Tee(self._stdout)
+        tee = Tee(self._stdout)
         started = time.monotonic()
         record: dict[str, Any]
         try:

@@ -12,18 +12,22 @@ Steps (tests/sdk/test_sdk_v2.py asserts what each must show):
     transform_estimator    (d) estimator.transformer(...).transform(...)
     transform_model        (d) Transformer on a serving-image model made with session.create_model
     fit_failing            (e) an unknown hyperparameter: fit raises, the failure text is in the log
+    fit_two_hosts          instance_count=2: two containers train one model on torch.distributed
+    deploy_two_hosts       that model on the serving image
 Every endpoint and model is deleted (model first, F6); the exited compose containers are the caller's to
 remove (F7). Everything is written under spec["work"].
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from typing import Any
 
 # _common first: it sets the region and SAGEMAKER_SUPPRESS_V2_WARNING before the SDK loads
-from _common import ROLE, TELEMETRY_OPT_OUT, Steps, csv_numbers, on_endpoint, read_spec, typed
+from _common import ROLE, TELEMETRY_OPT_OUT, Steps, Tee, csv_numbers, on_endpoint, read_spec, typed
 
 # isort: split
 
@@ -66,8 +70,8 @@ def own_copy(model_data: str, name: str) -> str:
     return "file://" + os.path.join(out_dir(name), "model.tar.gz")
 
 
-def estimator(name: str, hyperparameters: dict[str, Any]) -> Estimator:
-    return Estimator(image_uri=spec["train_image"], role=ROLE, instance_count=1, instance_type="local",
+def estimator(name: str, hyperparameters: dict[str, Any], instance_count: int = 1) -> Estimator:
+    return Estimator(image_uri=spec["train_image"], role=ROLE, instance_count=instance_count, instance_type="local",
                      hyperparameters=hyperparameters, output_path="file://" + out_dir(name),
                      base_job_name=f"hyperplane-{name}", sagemaker_session=session)
 
@@ -170,6 +174,15 @@ def fit_failing() -> dict[str, Any]:
     return {"raised": None}
 
 
+def fit_two_hosts() -> tuple[Estimator, list[str]]:
+    """The mixed job again on two hosts; the lines in which each process says who it is."""
+    est = estimator("two-hosts", spec["hyperparameters"], instance_count=2)
+    tee = Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        est.fit({"train": "file://" + spec["train_dir"]})
+    return est, [line for line in tee.buffer_.getvalue().splitlines() if "world_size=" in line]
+
+
 def main() -> None:
     est = steps.run("fit", lambda: fit("mixed", spec["hyperparameters"]), describe_fit)
     numeric = steps.run("fit_numeric", lambda: fit("numeric", spec["numeric_hyperparameters"]), describe_fit)
@@ -197,6 +210,11 @@ def main() -> None:
             lambda: model_predictor(own_copy(numeric.model_data, "model-numeric"), "hyperplane-model-numeric"),
             lambda predictor: predict_all(predictor, numeric=True)))
     steps.run("fit_failing", fit_failing)
+    two = steps.run("fit_two_hosts", fit_two_hosts, lambda value: {**describe_fit(value[0]), "joined": value[1]})
+    if two is not None:
+        steps.run("deploy_two_hosts", lambda: on_endpoint(
+            lambda: model_predictor(own_copy(two[0].model_data, "model-two-hosts"), "hyperplane-model-two-hosts"),
+            predict_all))
 
 
 if __name__ == "__main__":
