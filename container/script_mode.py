@@ -17,7 +17,12 @@ runs nvidia-smi, none of which the built-in path may do. Around it:
   toolkit's plain runner writes an empty message);
 - hyperparameters whose name looks secret (password, token, secret, key) are masked in every log line
   (the toolkit logs every hyperparameter and SM_* variable before it starts the script);
-- distribution options (mpi, torch_distributed, ...) fail the job instead of running a single process;
+- `distribution={"torch_distributed": {"enabled": True}}` (sagemaker_torch_distributed_enabled) runs the
+  script under torchrun, one process per GPU (else one; HYPERPLANE_PROCESSES_PER_HOST overrides) on every
+  host, master on the first host at port 7777, through the toolkit's own TorchDistributedRunner but with
+  the network interface checked (container/cluster.py) and torchrun taken from this Python; the other
+  distribution options (mpi, smdistributed, ...) need launchers the image lacks and fail the job instead
+  of running a single process;
 - a single-host job skips the toolkit's DNS wait for the hosts (up to 15 minutes of retries for a name
   like algo-1 that `docker run` never defines).
 """
@@ -49,9 +54,9 @@ STDERR_TAIL_BYTES = 64 * 1024
 FAILURE_DETAIL_LINES = 40
 SECRET_NAME = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
 MIN_MASKED_LENGTH = 3   # shorter values ("1", "no") would mask unrelated text all over the log
-# Hyperparameters the SDK sets for a `distribution=` option; what hyperplane's script mode cannot run yet.
+TORCH_DISTRIBUTED_FLAG = "sagemaker_torch_distributed_enabled"
+# Hyperparameters the SDK sets for the other `distribution=` options: what hyperplane's script mode cannot run.
 DISTRIBUTION_FLAGS = {
-    "sagemaker_torch_distributed_enabled": "torch_distributed",
     "sagemaker_mpi_enabled": "mpi",
     "sagemaker_distributed_dataparallel_enabled": "smdistributed dataparallel",
     "sagemaker_pytorch_xla_multi_worker_enabled": "pytorchxla",
@@ -96,11 +101,16 @@ def run_entry_point(paths: SageMakerPaths, entry: EntryPoint, hyperparameters: M
     if len(env.hosts) == 1:
         os.environ["SM_STUDIO_LOCAL_MODE"] = "true"   # the toolkit's switch for skipping its DNS wait
     _check_code_location(env.module_dir, entry.program)
+    runner = _torchrun(env, environ) if _enabled(hyperparameters.get(TORCH_DISTRIBUTED_FLAG)) else None
     timeout_s = _stop_timeout(environ)
     with StderrTail() as tail, StopForwarding(timeout_s) as stop:
         try:
-            entry_point.run(uri=env.module_dir, user_entry_point=env.user_entry_point, args=env.to_cmd_args(),
-                            env_vars=env.to_env_vars(), capture_error=False)
+            if runner is not None:
+                entry_point.run(uri=env.module_dir, user_entry_point=env.user_entry_point, args=env.to_cmd_args(),
+                                env_vars=env.to_env_vars(), capture_error=False, runner_type=runner)
+            else:
+                entry_point.run(uri=env.module_dir, user_entry_point=env.user_entry_point,
+                                args=env.to_cmd_args(), env_vars=env.to_env_vars(), capture_error=False)
             code = 0
         except (errors.InstallModuleError, errors.InstallRequirementsError) as error:
             raise JobError(f"installing the dependencies of {entry.program} failed (exit code "
@@ -258,13 +268,46 @@ class StopForwarding:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def _enabled(value: Any) -> bool:
+    decoded = decode(value if value is not None else False)
+    return decoded is True or str(decoded).lower() == "true"
+
+
 def _refuse_distribution(hyperparameters: Mapping[str, Any]) -> None:
     for key, name in DISTRIBUTION_FLAGS.items():
-        value = decode(hyperparameters.get(key, False))
-        if value is True or str(value).lower() == "true":
-            raise JobError(f"distribution {name!r} ({key}) is not supported by hyperplane's script mode yet: "
-                           "the entry point would run as a single process per host. Remove the distribution "
-                           "option, or start the processes from your own entry point")
+        if _enabled(hyperparameters.get(key)):
+            raise JobError(f"distribution {name!r} ({key}) is not supported by hyperplane's script mode: its "
+                           "launcher is not in the image, and the entry point would run as a single process per "
+                           "host. Use distribution={'torch_distributed': {'enabled': True}} (torchrun), or start "
+                           "the processes from your own entry point")
+
+
+def _torchrun(env: Any, environ: Mapping[str, str]) -> Any:
+    """The toolkit's TorchDistributedRunner, with what it gets wrong here put right: the interface it
+    exports must exist in this container (SDK v3 local mode names `ethwe`), gloo needs it too on CPUs, and
+    `torchrun` may not be on PATH (it is this Python's torch.distributed.run)."""
+    from sagemaker_training import torch_distributed
+
+    from container.cluster import Cluster
+
+    cluster = Cluster.plan({"hosts": list(env.hosts), "current_host": env.current_host,
+                            "network_interface_name": env.network_interface_name}, environ, int(env.num_gpus))
+    if cluster.interface is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", cluster.interface)
+
+    class Runner(torch_distributed.TorchDistributedRunner):  # type: ignore[misc]
+        def _create_command(self) -> list[str]:
+            command: list[str] = super()._create_command()
+            if command and command[0] == torch_distributed.TORCH_DISTRIBUTED_MODULE:
+                command[:1] = [sys.executable, "-m", "torch.distributed.run"]
+            return command
+
+    log.info("running the entry point with torchrun: %d host(s) x %d process(es), master %s:%s, interface %s",
+             len(cluster.hosts), cluster.processes_per_host, cluster.hosts[0], torch_distributed.MASTER_PORT,
+             cluster.interface or "default")
+    return Runner(env.user_entry_point, env.to_cmd_args(), env.to_env_vars(), cluster.processes_per_host,
+                  cluster.hosts[0], list(cluster.hosts), cluster.current_host,
+                  cluster.interface or env.network_interface_name, env.current_instance_type)
 
 
 def _ensure_config_files(paths: SageMakerPaths) -> None:

@@ -191,13 +191,40 @@ def test_secret_hyperparameters_never_reach_the_log(tmp_path: pathlib.Path) -> N
     assert "--db_password" in seen["argv"] and "hunter2-pw" in seen["argv"]
 
 
-def test_distribution_options_fail_the_job_instead_of_running_one_process(tmp_path: pathlib.Path) -> None:
-    job = script_job(tmp_path, {"train.py": DUMP_ENV}, {"sagemaker_torch_distributed_enabled": "true"})
+DDP_SCRIPT = """
+import json, os, sys
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+total = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(total)
+if dist.get_rank() == 0:
+    with open(os.path.join(os.environ["SM_MODEL_DIR"], "ddp.json"), "w") as f:
+        json.dump({"world": dist.get_world_size(), "sum": float(total), "argv": sys.argv[1:]}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_torch_distributed_runs_the_script_under_torchrun_one_process_per_slot(tmp_path: pathlib.Path) -> None:
+    """distribution={"torch_distributed": ...}: torchrun starts the processes (two here, as on a host with
+    two GPUs); they find each other from torchrun's environment and all-reduce."""
+    job = script_job(tmp_path, {"train.py": DDP_SCRIPT}, {"sagemaker_torch_distributed_enabled": "true",
+                                                         "epochs": "3"})
+    result = run_train(job, HYPERPLANE_PROCESSES_PER_HOST="2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "running the entry point with torchrun: 1 host(s) x 2 process(es)" in result.stdout + result.stderr
+    seen = json.loads((job / "model/ddp.json").read_text())
+    assert seen["world"] == 2 and seen["sum"] == 3.0
+    assert seen["argv"] == ["--epochs", "3"]
+
+
+def test_other_distribution_options_fail_the_job_instead_of_running_one_process(tmp_path: pathlib.Path) -> None:
+    job = script_job(tmp_path, {"train.py": DUMP_ENV}, {"sagemaker_mpi_enabled": "true"})
     result = run_train(job)
     assert result.returncode == 2
     failure = (job / "output/failure").read_text()
-    assert failure.startswith("distribution 'torch_distributed' (sagemaker_torch_distributed_enabled) is not "
-                              "supported")
+    assert failure.startswith("distribution 'mpi' (sagemaker_mpi_enabled) is not supported by hyperplane's script "
+                              "mode"), failure
+    assert "torch_distributed" in failure
     assert not (job / "model/seen.json").exists()
 
 
