@@ -63,7 +63,7 @@ from model.card import build_card, write_card
 from model.checkpoint import CheckpointError
 from model.checkpointing import Checkpointing, TrainingStopped, discard
 from model.config import TrainingConfig
-from model.distributed import Group
+from model.distributed import CollectiveError, Group
 from model.errors import DataError
 from model.evaluation import describe_worst, evaluate_split, evaluation_split
 from model.monitoring import data_quality_baseline
@@ -171,13 +171,17 @@ def _train_rank(paths: SageMakerPaths, config: TrainingConfig, cluster: Cluster,
     with cluster.joined(local_rank) as group:
         try:
             _train(paths, config, group, stop)
+            # No process may leave before the others: in local mode the first container to exit ends the job.
+            group.barrier()
+        except CollectiveError as error:
+            # every process that sees it reports it: rank 0 may be the one that is gone
+            raise ClusterError(f"{error}; another host or process ended or the network failed: see the other "
+                               "hosts' logs") from None
         except (DataError, ChannelError, CheckpointError, JobStopped, JobError) as error:
             if group.leader or isinstance(error, ClusterError):
                 raise
             log.error("training failed on every process: %s (rank 0 writes the failure file)", error)
             raise ReportedByRankZero(getattr(error, "exit_code", JobError.exit_code)) from None
-        # No process may leave before the others: in local mode the first container to exit ends the job.
-        group.barrier()
 
 
 def _train(paths: SageMakerPaths, config: TrainingConfig, group: Group, stop: StopRequest) -> None:

@@ -18,9 +18,10 @@ rank's outcome, so all ranks fail together, at once, with the same message (nami
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +30,26 @@ import torch.distributed as dist
 from model.errors import DataError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed: another process ended, the network broke, or the timeout passed. torch raises
+    these as plain RuntimeErrors; this one says which operation and which process saw it."""
+
+
+def _collective(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Group, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as error:
+            if isinstance(error, CollectiveError) or not self.distributed:
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CollectiveError(f"{self.name} lost contact with the other processes during {method.__name__} "
+                                  f"({first})") from error
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,7 @@ class Group:
     def name(self) -> str:
         return self.names[self.rank]
 
+    @_collective
     def sum(self, values: np.ndarray) -> np.ndarray:
         """The element-wise float64 sum of `values` over all ranks, identical on every rank."""
         array = np.asarray(values, dtype=np.float64)
@@ -71,6 +93,7 @@ class Group:
         dist.all_reduce(tensor)
         return np.asarray(tensor.cpu().numpy(), dtype=np.float64).reshape(array.shape)
 
+    @_collective
     def sum_tensors_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Sums tensors (of one dtype and device) in place over all ranks, in one flat collective."""
         if not self.distributed or not tensors:
@@ -82,6 +105,7 @@ class Group:
             tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
 
+    @_collective
     def gather(self, value: T) -> list[T]:
         """Every rank's `value` (picklable), in rank order, on every rank."""
         if not self.distributed:
@@ -90,6 +114,7 @@ class Group:
         dist.all_gather_object(out, value)
         return out  # type: ignore[return-value]
 
+    @_collective
     def broadcast(self, value: T) -> T:
         """Rank 0's `value` on every rank (the others' argument is ignored)."""
         if not self.distributed:
@@ -102,6 +127,7 @@ class Group:
         """True on every rank when `flag` is true on at least one."""
         return bool(self.sum(np.array([1.0 if flag else 0.0]))[0] > 0)
 
+    @_collective
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -124,3 +124,26 @@ def test_sigterm_stops_every_process_at_one_step_and_the_restart_resumes_to_the_
     assert "resuming from the checkpoint" in resumed.stdout
     assert (json.loads((stopped / "output/data/metrics.json").read_text())
             == json.loads((whole / "output/data/metrics.json").read_text()))
+
+
+def test_a_process_lost_mid_training_fails_the_others_with_a_clear_failure(tmp_path: pathlib.Path) -> None:
+    job = lay_out_job(tmp_path / "job", Job(hyperparameters={**FAST, "epochs": "300", "patience": "300"}))
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(job), "HYPERPLANE_MASTER_PORT": str(free_port()),
+           "HYPERPLANE_PROCESSES_PER_HOST": "2", "HYPERPLANE_COLLECTIVE_TIMEOUT_S": "30"}
+    process = subprocess.Popen(TRAIN, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout is not None
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("epoch=3 "):   # rank 1 is a child of rank 0's process: end it the hard way
+            rank_1 = subprocess.run(["pgrep", "-f", "-P", str(process.pid), "multiprocessing.spawn"],
+                                    capture_output=True, text=True).stdout.split()
+            assert rank_1, "no child process found"
+            for pid in rank_1:
+                os.kill(int(pid), 9)
+            break
+    output.extend(process.stdout)
+    assert process.wait(timeout=90) == 2, "".join(output)[-3000:]
+    failure = (job / "output/failure").read_text().splitlines()[0]
+    assert failure.startswith("algo-1 process 0 lost contact with the other processes during "), failure
+    assert "see the other hosts' logs" in failure
