@@ -4,6 +4,7 @@ the serving image serves the artifact through sagemaker.core.local's low-level e
 from __future__ import annotations
 
 import pathlib
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.sdk, pytest.mark.docker]
 class V3Run:
     steps: dict[str, Any]
     model: Regressor | None
+    two_hosts: Regressor | None
     hygiene: Hygiene
 
 
@@ -46,12 +48,13 @@ def v3(sdk_images: tuple[str, str]) -> V3Run:
                 "train_image": train_image, "serve_image": serve_image, "hyperparameters": HYPERPARAMETERS,
                 "rows": REQUEST_ROWS, "v3_root_name": f"hpv3{uuid.uuid4().hex[:8]}"}
         steps = run_driver(3, "v3_flow.py", spec, root)
-        model = None
-        if steps.get("train", {}).get("ok") and steps["train"]["value"]["exists"]:
-            model = load_model_tar(pathlib.Path(steps["train"]["value"]["artifact"]), root / "in-process")
+        models: dict[str, Regressor | None] = {"train": None, "train_two_hosts": None}
+        for name in models:
+            if steps.get(name, {}).get("ok") and steps[name]["value"]["exists"]:
+                models[name] = load_model_tar(pathlib.Path(steps[name]["value"]["artifact"]), root / name)
     finally:
         hygiene.clean()
-    return V3Run(steps, model, hygiene)
+    return V3Run(steps, models["train"], models["train_two_hosts"], hygiene)
 
 
 def test_model_trainer_trains_with_the_default_command(v3: V3Run) -> None:
@@ -75,6 +78,17 @@ def test_serving_image_serves_the_v3_artifact(v3: V3Run) -> None:
     assert served["csv_status"] == 200 and served["json_status"] == 200
     assert_close(served["csv"], expected)
     assert_close(served["json"], expected)
+
+
+def test_two_instances_train_one_model_over_a_detected_interface(v3: V3Run) -> None:
+    """instance_count=2: v3 names the network interface `ethwe`, which its containers lack; both processes
+    join over the one they do have, and one model comes out, trained on all 300 rows."""
+    trained = step(v3.steps, "train_two_hosts")
+    joined = trained["joined"]
+    assert sorted(rank for line in joined for rank in re.findall(r" rank=(\d) ", line)) == ["0", "1"], joined
+    assert all("world_size=2" in line and "interface=ethwe" not in line and "interface=default" not in line
+               for line in joined), joined
+    assert v3.two_hosts is not None and v3.two_hosts.info["training_rows"] == 300
 
 
 def test_leaves_no_containers_networks_or_folders(v3: V3Run) -> None:
