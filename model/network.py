@@ -6,6 +6,13 @@ loss; the prediction is their mean. On the used-car data a single MLP is no bett
 (its test error swings by +-10% with the seed), while the mean of five beats it (docs/model-defaults.md).
 
 The forward pass returns one column per member, shape (rows, members); `predict` takes the row mean.
+
+Inference has a second, faster route to the same mean: `FusedEnsemble.of(network)` stacks the members'
+weights (layer k of every member into one (members, in, out) tensor) so that the whole ensemble is one
+batched matmul per layer, instead of members x layers module calls (on one row, 25 module calls cost
+~85 us, the fused route ~15 us). It is an inference-only copy made from the module, never saved: the
+module, its state_dict keys and the training forward stay exactly as they are. It agrees with
+`predict_mean` to float32 rounding (tests/serving/test_fastpath.py: 1e-6), not bit for bit.
 """
 
 from __future__ import annotations
@@ -34,6 +41,100 @@ def build_network(n_inputs: int, hidden_layers: Sequence[int], dropout: float = 
 def predict_mean(network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The ensemble's prediction: the mean over members, shape (rows,)."""
     return torch.as_tensor(network(inputs)).mean(dim=1)
+
+
+class FusedEnsemble:
+    """The mean of an Ensemble of plain MLPs (Linear, ReLU, Dropout in eval mode) as stacked weights.
+
+    Built with `of`, which returns None for any other network (then callers use `predict_mean`). The
+    weights are copies, so `stale()` says whether the parameters it was built from have changed since: an
+    optimiser step or load_state_dict bumps a tensor's in-place version, `.to()` swaps its data. (A
+    parameter replaced by a new object is not seen; nothing here does that.) Checking costs ~3 us, where
+    walking network.parameters() would cost ~25 us.
+    """
+
+    # Rows per batched matmul: the stacked hidden activations of 100k rows would take members x 100k x
+    # width floats at once (256 MiB for 5 x 128); in blocks they stay small and in cache (fastest on the
+    # 2-core development machine between 512 and 2048 rows).
+    BLOCK_ROWS = 2048
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor],
+                 parameters: list[nn.Parameter]) -> None:
+        self.weights = weights   # per layer: (members, in, out)
+        self.biases = biases     # per layer: (members, 1, out)
+        self.members = weights[0].shape[0]
+        self._parameters = parameters
+        self._stamp = self._current_stamp()
+
+    @classmethod
+    def of(cls, network: nn.Module) -> FusedEnsemble | None:
+        if not isinstance(network, Ensemble) or len(network.members) == 0:
+            return None
+        layers: list[list[nn.Linear]] = []
+        for member in network.members:
+            linears = _plain_mlp(member)
+            if linears is None:
+                return None
+            layers.append(linears)
+        depth = len(layers[0])
+        if any(len(linears) != depth for linears in layers) or layers[0][-1].out_features != 1:
+            return None
+        for k in range(depth):
+            shapes = {(linears[k].in_features, linears[k].out_features) for linears in layers}
+            if len(shapes) != 1:
+                return None
+        with torch.no_grad():
+            weights = [torch.stack([linears[k].weight.detach().t() for linears in layers]).contiguous()
+                       for k in range(depth)]
+            biases = [torch.stack([linears[k].bias.detach() for linears in layers])[:, None, :].contiguous()
+                      for k in range(depth)]
+        return cls(weights, biases, list(network.parameters()))
+
+    def stale(self) -> bool:
+        return self._current_stamp() != self._stamp
+
+    def _current_stamp(self) -> tuple[list[int], list[int]]:
+        return [p._version for p in self._parameters], [p.data_ptr() for p in self._parameters]
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The members' mean for `inputs` (rows, n_inputs), shape (rows,); call it under inference_mode."""
+        if inputs.shape[0] <= self.BLOCK_ROWS:
+            return self._block(inputs)
+        return torch.cat([self._block(block) for block in torch.split(inputs, self.BLOCK_ROWS)])
+
+    def _block(self, inputs: torch.Tensor) -> torch.Tensor:
+        # (members, rows, in) as a stride-0 view: every member reads the same rows, nothing is copied
+        hidden = inputs.unsqueeze(0).expand(self.members, *inputs.shape)
+        last = len(self.weights) - 1
+        for k, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            hidden = torch.baddbmm(bias, hidden, weight)
+            if k < last:
+                hidden.relu_()
+        return hidden.mean(dim=0).squeeze(1)
+
+
+def _plain_mlp(member: nn.Module) -> list[nn.Linear] | None:
+    """The linear layers of a member laid out as _mlp builds it (Linear, ReLU[, Dropout], ..., Linear),
+    or None for anything else, whose forward the fused route could not reproduce."""
+    if not isinstance(member, nn.Sequential):
+        return None
+    modules = list(member)
+    linears: list[nn.Linear] = []
+    index = 0
+    while index < len(modules):
+        linear = modules[index]
+        if not isinstance(linear, nn.Linear) or linear.bias is None:
+            return None
+        linears.append(linear)
+        index += 1
+        if index == len(modules):
+            return linears
+        if not isinstance(modules[index], nn.ReLU):
+            return None
+        index += 1
+        if index < len(modules) and isinstance(modules[index], nn.Dropout):   # identity in eval mode
+            index += 1
+    return None   # ends in a ReLU or Dropout
 
 
 def _mlp(n_inputs: int, hidden_layers: Sequence[int], dropout: float) -> nn.Sequential:

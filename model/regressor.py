@@ -3,10 +3,17 @@
 Built by training.fit() or artifact.load(); serving holds one per worker and calls `predict`.
 `calibration` (model/conformal.py) gives prediction intervals and `baseline` (the encoded training mean)
 anchors explanations (model/explanation.py); both are None for artifacts older than them.
+
+`predict` runs the network through its fused inference copy (network.FusedEnsemble, made on the first
+prediction and remade whenever the weights change) when the network has the plain shape, else module by
+module; either way in eval mode, which it leaves the network in, as it always has. `predict_encoded` is the
+same computation on an already encoded matrix, for callers that encode rows themselves (the serving fast
+path), so both give the same bits for the same rows.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +24,14 @@ from torch import nn
 from model.config import TrainingConfig
 from model.conformal import Calibration
 from model.errors import DataError
-from model.network import predict_mean
+from model.network import FusedEnsemble, predict_mean
 from model.preprocessing import Preprocessor
 from model.schema import Kind
 from model.table import Table
+
+# network -> its fused inference copy, or None when its shape has none; weak, so a dropped network goes
+# (kept beside the Regressor, not in it, so that its fields, equality and repr stay as they were)
+_FUSED: weakref.WeakKeyDictionary[nn.Module, FusedEnsemble | None] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -57,10 +68,24 @@ class Regressor:
         self.check_columns(table)
         if table.n_rows == 0:
             return np.empty(0, dtype=np.float64)
-        inputs = torch.from_numpy(self.preprocessor.encode(table)).to(self.device)
-        self.network.eval()
+        return self.predict_encoded(self.preprocessor.encode(table))
+
+    def predict_encoded(self, encoded: np.ndarray) -> np.ndarray:
+        """Predictions for rows already encoded by `preprocessor.encode` (float32, (rows, n_inputs))."""
+        network = self.network
+        if network not in _FUSED or ((known := _FUSED[network]) is not None and known.stale()):
+            _FUSED[network] = FusedEnsemble.of(network)
+        fused = _FUSED[network]
+        if network.training or fused is None:
+            # eval() walks every module (~50 us on the default ensemble), so only when needed: the fused
+            # copy computes in eval mode whatever the modules' flags say
+            network.eval()
         with torch.inference_mode():
-            scaled = predict_mean(self.network, inputs).cpu().numpy()
+            inputs = torch.from_numpy(encoded)
+            if fused is not None:
+                scaled = fused(inputs.to(fused.weights[0].device)).cpu().numpy()
+            else:
+                scaled = predict_mean(network, inputs.to(self.device)).cpu().numpy()
         return self.preprocessor.decode_target(scaled)
 
     def check_columns(self, table: Table) -> None:

@@ -18,6 +18,10 @@ is rendered by one handler as JSON. The parsed custom attributes reach the serva
 RequestInfo.attributes (the built-in model reads `intervals=<level>` there: options.py). One log line per
 request (`hyperplane.access`, key=value, never the payload); /ping lines only with HYPERPLANE_LOG_PING=true.
 
+The plain prediction request (POST /invocations, CSV or JSON, no parameters or attributes) skips Flask:
+fastpath.FastPath answers it in WSGI with the same Predictor, headers and log line, and hands everything
+else, failures included, to the routes here, which answer exactly as before.
+
 In-process use (tests): `create_app(settings, LoadedPredictor(Predictor(regressor))).test_client()`, or
 any other Servable in place of the Predictor.
 """
@@ -33,6 +37,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 
 from container.serving.attributes import HEADER, parse_custom_attributes, response_attributes
 from container.serving.errors import error_body
+from container.serving.fastpath import FastPath
 from container.serving.limits import RequestLimits
 from container.serving.servable import RequestInfo, Servable
 from container.serving.settings import ServingSettings
@@ -68,6 +73,8 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     limits = RequestLimits.from_settings(settings)
+    fast = FastPath(app.wsgi_app, settings, limits, access_log)
+    app.wsgi_app = fast  # type: ignore[method-assign]
 
     @app.get("/ping")
     def ping() -> Response:
@@ -86,6 +93,7 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
         servable = source.current()
         if servable is None:
             raise ServiceUnavailable("the model is loading; retry when /ping answers 200")
+        fast.learn(servable)   # from now on the plain requests take the fast path
         info = RequestInfo(request.mimetype, request.content_type or "", dict(request.mimetype_params),
                            request.accept_mimetypes, dict(request.headers.items()), g.custom_attributes)
         servable.check(info)   # 415/406 before the body is read

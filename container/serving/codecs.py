@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import json
 import math
@@ -56,6 +57,11 @@ class InputSchema:
     feature_names: tuple[str, ...]
     target: str
     numeric_only: bool
+
+    @functools.cached_property
+    def known_names(self) -> frozenset[str]:
+        """The names a CSV header may hold: the features and the target."""
+        return frozenset((*self.feature_names, self.target))
 
     @property
     def input_types(self) -> list[str]:
@@ -152,7 +158,14 @@ def _labels(count: int) -> list[str]:
 def _table(names: Sequence[str], rows: list[list[Cell]]) -> Table:
     if not rows:
         raise InvalidInput("the request holds no rows")
-    return Table.from_rows(list(names), rows, _labels(len(rows)))
+    width = len(names)
+    if len(set(names)) == width and all(len(row) == width for row in rows):
+        # What Table.from_rows builds, without its checks (just made) and the label list: a table without
+        # labels calls row i "row i" too. from_rows's repeated-name check is quadratic in the columns.
+        grid = np.empty((len(rows), width), dtype=object)
+        grid[:] = rows
+        return Table({name: grid[:, i] for i, name in enumerate(names)})
+    return Table.from_rows(list(names), rows, _labels(len(rows)))   # raises, naming the row or column
 
 
 def _decode_csv(text: str, header: str, schema: InputSchema) -> Table:
@@ -172,8 +185,8 @@ def _decode_csv(text: str, header: str, schema: InputSchema) -> Table:
 
 def _names_features(first_row: Sequence[Cell], schema: InputSchema) -> bool:
     """A header names features (or the target) in at least half of its cells; data rows never do."""
-    known = {*schema.feature_names, schema.target}
-    return sum(str(cell).strip() in known for cell in first_row) * 2 >= len(first_row) > 0
+    known = schema.known_names
+    return sum(1 for cell in first_row if str(cell).strip() in known) * 2 >= len(first_row) > 0
 
 
 def _named_columns(names: list[str], schema: InputSchema) -> list[str]:

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,6 +64,8 @@ class Predictor:
         self.schema = InputSchema(tuple(regressor.feature_names), regressor.target, regressor.numeric_only)
         self.lock = threading.Lock()
         self._explainer: Explainer | None = None   # made by the first request with explain=true
+        self._content_types = {mimetype: get_content_type(mimetype, "utf-8") for mimetype in codecs.OUTPUT_TYPES}
+        regressor.network.eval()   # once here; Regressor.predict then skips it (it walks every module)
 
     def check(self, request: RequestInfo) -> None:
         codecs.require_input_type(request.mimetype, request.content_type, self.schema)
@@ -73,15 +75,22 @@ class Predictor:
     def invoke(self, body: bytes, request: RequestInfo) -> Answer:
         response_type = codecs.response_type(request.accept, request.mimetype)
         options = self._options(request, response_type)
+        return self.answer(body, request.mimetype, request.params, response_type, options)
+
+    def answer(self, body: bytes, mimetype: str, params: Mapping[str, str], response_type: str,
+               options: RequestOptions = NO_OPTIONS) -> Answer:
+        """invoke after the headers are read: the body of `mimetype` answered in `response_type`. The
+        fast path (fastpath.py) calls it directly for requests without parameters or attributes."""
         try:
-            table = codecs.decode(body, request.mimetype, request.params, self.schema)
+            table = codecs.decode(body, mimetype, params, self.schema)
             self.limits.check_rows(table.n_rows)
             predictions = self.predict(table)
             extras = self._extras(table, predictions, options) if options is not NO_OPTIONS else None
             payload = codecs.encode(predictions, response_type, final_newline=not self.batch, extras=extras)
         except DataError as error:
             raise InvalidInput.from_data_error(error) from None
-        return Answer(payload, get_content_type(response_type, "utf-8"), rows=table.n_rows)
+        content_type = self._content_types.get(response_type) or get_content_type(response_type, "utf-8")
+        return Answer(payload, content_type, rows=table.n_rows)
 
     def _options(self, request: RequestInfo, response_type: str) -> RequestOptions:
         options = request_options(request.attributes, self.regressor.calibration,

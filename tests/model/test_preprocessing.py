@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from model.errors import DataError
-from model.preprocessing import fit_preprocessor
-from model.schema import infer_schema
+from model.preprocessing import Preprocessor, fit_preprocessor
+from model.schema import Kind, as_float_column, canonical_category, infer_schema, is_missing
 from model.table import Table
 
 
@@ -48,3 +48,72 @@ def test_missing_target_is_an_error_naming_the_row() -> None:
     with pytest.raises(DataError) as caught:
         _fit([[10, 1, "a"], ["", 2, "b"]])
     assert caught.value.row == "row 2" and caught.value.column == "price"
+
+
+def _block_encoding(pre: Preprocessor, table: Table) -> np.ndarray:
+    """The encoding Preprocessor.encode replaced (one block per feature, np.eye for one-hot), kept as the
+    reference the index-based encoding must match bit for bit."""
+    blocks = []
+    for feature in pre.schema.features:
+        if feature.kind is Kind.NUMERIC:
+            mean, std = pre.numeric[feature.name]
+            values = as_float_column(table, feature.name)
+            blocks.append(np.where(np.isnan(values), 0.0, (values - mean) / std)[:, None])
+        else:
+            levels = pre.categories[feature.name]
+            index = {level: slot for slot, level in enumerate(levels, start=1)}
+            slots = np.array([0 if is_missing(cell) else index.get(canonical_category(cell), 0)
+                              for cell in table.columns[feature.name]], dtype=np.int64)
+            blocks.append(np.eye(1 + len(levels), dtype=np.float64)[slots])
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def _mixed_preprocessor() -> tuple[Preprocessor, list[str]]:
+    rng = np.random.default_rng(3)
+    names = ["price", "km", "color", "age", "code", "hp"]
+    rows: list[list[object]] = [[float(rng.uniform(1, 9)), float(rng.normal(5e4, 2e4)), f"c{rng.integers(40)}",
+                                 int(rng.integers(1, 80)), int(rng.integers(0, 4)), float(rng.normal(100, 9))]
+                                for _ in range(300)]
+    table = Table.from_rows(names, rows)
+    schema = infer_schema(table, "price", categorical_columns=["code"])
+    return fit_preprocessor(table, schema, "log"), names[1:]
+
+
+def test_index_based_one_hot_equals_the_block_encoding_bit_for_bit() -> None:
+    pre, names = _mixed_preprocessor()
+    rows: list[list[object]] = [
+        [1.5e4, "c3", 12, 1, 99.5],              # seen levels
+        ["2e4", "c999", "13", "1", " 101 "],     # unseen level, numbers as text with spaces
+        [None, None, "", None, None],            # every kind of missing value
+        ["", "  ", 7, 1.0, 80],                  # blank text is missing; 1.0 is level "1"
+        [3, " c3 ", True, True, 0],              # stripped level, bool as number and as level "1"
+        [-0.0, "c0", 1, "1", 1e30],             # -0.0, the level "1" spelled as text
+        [1, float("nan"), 2, 2.5, 3],            # NaN as a category is the level "nan" (unknown)
+    ]
+    table = Table.from_rows(names, rows)
+    np.testing.assert_array_equal(pre.encode(table), _block_encoding(pre, table))
+    assert pre.encode(table).dtype == np.float32
+    for i in range(len(rows)):   # one row at a time too, as the serving fast path sends them
+        one = table.take(np.array([i]))
+        np.testing.assert_array_equal(pre.encode(one), _block_encoding(pre, one))
+
+
+def test_index_based_encoding_matches_on_many_rows_and_levels() -> None:
+    pre, names = _mixed_preprocessor()
+    rng = np.random.default_rng(4)
+    rows = [[float(rng.normal(5e4, 2e4)), f"c{rng.integers(60)}", int(rng.integers(1, 80)), int(rng.integers(0, 6)),
+             str(rng.normal(100, 9))] for _ in range(5000)]
+    table = Table.from_rows(names, rows)
+    np.testing.assert_array_equal(pre.encode(table), _block_encoding(pre, table))
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "abc", float("inf")])
+def test_index_based_encoding_refuses_what_the_block_encoding_refused(bad: object) -> None:
+    pre, names = _mixed_preprocessor()
+    table = Table.from_rows(names, [[1, "c1", 2, 1, 3], [2, "c2", None, 1, bad], [bad, "c2", 2, 1, 3]])
+    with pytest.raises(DataError) as ours:
+        pre.encode(table)
+    with pytest.raises(DataError) as reference:
+        _block_encoding(pre, table)
+    assert (str(ours.value), ours.value.row, ours.value.column) == \
+        (str(reference.value), reference.value.row, reference.value.column) == (str(ours.value), "row 3", "km")

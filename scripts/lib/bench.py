@@ -1,0 +1,581 @@
+"""The serving and training speed benchmark behind scripts/bench; writes its table into docs/benchmarks.md.
+
+Every measurement runs side by side with its floor in the same run, and is repeated (median, with the
+min-max spread), so a busy shared machine moves both alike and the ratio stays meaningful:
+
+    single-row CSV/JSON    hyperplane-serve against the same image running gunicorn with the same worker
+                           count and class (PingLaneWorker, gthread) and a WSGI app that answers a constant;
+                           wrk at concurrency 1, 8, 32 and a Python keep-alive client at 8
+    6 MiB CSV              the server's answer time against pyarrow.csv + encode + the fused network in
+                           process, on the same bytes, with the same torch threads as a worker (1)
+    cold start             `docker run` to the first 200 on /ping against `import torch` + artifact load
+                           in a container of the same image
+    memory                 each worker's RSS after start and after 100k requests; image sizes
+    training (--training)  our fit against scikit-learn's Ridge and HistGradientBoostingRegressor on the
+                           used cars (wall time and held-out RMSE)
+
+It never runs in CI: it is a script, and no test times anything. It runs with .venv-bench's Python
+(scripts/bench makes it: pyarrow and scikit-learn there, the project's own dependencies seen from .venv).
+
+    .venv-bench/bin/python scripts/lib/bench.py [--repeats 3] [--seconds 5] [--training] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import io
+import json
+import os
+import pathlib
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+IMAGE = "hyperplane-serve:latest"
+WORK = ROOT / "build" / "bench"
+DATA = ROOT / "data" / "toyota_corolla.csv"
+WORKERS = 2
+CONCURRENCY = (1, 8, 32)
+SECTION = "## Serving and training speed (scripts/bench)"
+FLOOR_APP = '''\
+"""The floor: a WSGI app that reads the body and answers a constant, as cheaply as WSGI allows."""
+ANSWERS = {"text/csv": (b"14994.344602805315\\n", "text/csv; charset=utf-8"),
+           "application/json": (b'{"predictions": [14994.344602805315]}', "application/json")}
+
+
+def app(environ, start_response):
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        environ["wsgi.input"].read(int(length))
+    body, content_type = ANSWERS.get(environ.get("CONTENT_TYPE", ""), (b"", "text/plain"))
+    start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk run")
+    parser.add_argument("--soak", type=int, default=100_000, help="requests before the second memory reading")
+    parser.add_argument("--training", action="store_true", help="also time training against scikit-learn")
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/ alone")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    model_dir = ensure_model()
+    results: dict[str, Any] = {"command": " ".join(["scripts/bench", *sys.argv[1:]]),
+                               "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    (WORK / "floor.py").write_text(FLOOR_APP)
+    rows = [line.split(",", 1)[1] for line in DATA.read_text().splitlines()[1:]]
+    bodies = {"csv": ("text/csv", (rows[0] + "\n").encode()),
+              "json": ("application/json", json_row(rows[0]))}
+    results["profile"] = profile(model_dir)
+    with container(["serve"], model_dir) as server, container(
+            ["gunicorn", "-w", str(WORKERS), "-k", "container.serving.worker.PingLaneWorker", "--threads", "8",
+             "--keep-alive", "60", "-b", "0.0.0.0:8080", "--chdir", "/bench", "floor:app"], model_dir) as floor:
+        results["single_row"] = single_row(server, floor, bodies, args.repeats, args.seconds)
+        results["memory"] = memory(server, bodies["csv"], args.soak)
+        results["big_csv"] = big_csv(server, model_dir, rows, args.repeats)
+        results["memory"]["after_big_csv_mib"] = worker_rss_mib(server)
+    results["cold_start"] = cold_start(model_dir, args.repeats)
+    results["images"] = image_sizes()
+    if args.training:
+        results["training"] = training()
+    (WORK / "results.json").write_text(json.dumps(results, indent=1))
+    table = render(results)
+    print(table)
+    if not args.no_write:
+        write_section(table)
+
+
+# ---------- set-up ----------
+
+def ensure_model() -> pathlib.Path:
+    """The default model (every setting at its default) trained on the used cars, made once."""
+    folder = WORK / "model"
+    if not (folder / "hyperplane-regressor.pt").is_file():
+        from model import artifact
+        from model.config import TrainingConfig
+        from model.training import fit
+
+        log("training the default model on the used cars (once)")
+        artifact.save(fit(read_cars(), TrainingConfig()).regressor, folder)
+    return folder
+
+
+def read_cars() -> Any:
+    from model.table import Table
+
+    with DATA.open(newline="") as handle:
+        lines = list(csv.reader(handle))
+    return Table.from_rows(lines[0], lines[1:])
+
+
+def json_row(line: str) -> bytes:
+    cells = [int(c) if c.lstrip("-").isdigit() else c for c in line.split(",")]
+    return json.dumps({"instances": [cells]}).encode()
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    with open("/proc/cpuinfo") as handle:
+        model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "?")
+    return f"{cpus} CPUs ({model})"
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Container:
+    def __init__(self, cid: str, port: int, started: float) -> None:
+        self.id, self.port, self.started = cid, port, started
+
+    def ping(self) -> int | None:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            connection.request("GET", "/ping")
+            return connection.getresponse().status
+        except OSError:
+            return None
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        """Seconds from `docker run` to the first 200 on /ping."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping() == 200:
+                return time.monotonic() - self.started
+            time.sleep(0.02)
+        raise RuntimeError(f"container {self.id[:12]} not ready: {docker('logs', self.id)[-2000:]}")
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
+
+
+@contextmanager
+def container(command: list[str], model_dir: pathlib.Path) -> Iterator[Container]:
+    port = free_port()
+    started = time.monotonic()
+    cid = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_dir}:/opt/ml/model:ro",
+                 "-v", f"{WORK}:/bench:ro", "-e", f"SAGEMAKER_MODEL_SERVER_WORKERS={WORKERS}",
+                 IMAGE, *command).strip()
+    box = Container(cid, port, started)
+    try:
+        if command[0] == "serve":
+            box.wait_ready()
+        else:
+            while box.ping() is None:
+                time.sleep(0.05)
+        yield box
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+
+
+# ---------- 0. in-process profile of one single-row request ----------
+
+def profile(model_dir: pathlib.Path) -> dict[str, float]:
+    """Microseconds per call, best of 5 repeats, one torch thread: where a single-row request goes."""
+    import timeit
+
+    import torch
+
+    from container.serving.app import LoadedPredictor, create_app
+    from container.serving.predictor import Predictor
+    from container.serving.settings import ServingSettings
+    from model import artifact
+    from model.network import predict_mean
+    from model.table import Table
+
+    torch.set_num_threads(1)
+    regressor = artifact.load(model_dir)
+    names = regressor.feature_names
+    line = DATA.read_text().splitlines()[1].split(",", 1)[1]
+    table = Table.from_rows(names, [line.split(",")])
+    encoded = torch.from_numpy(regressor.preprocessor.encode(table))
+
+    def best(call: Callable[[], object], number: int = 2000) -> float:
+        return min(timeit.repeat(call, number=number, repeat=5)) / number * 1e6
+
+    def module_by_module() -> object:   # what Regressor.predict ran per call before
+        regressor.network.eval()
+        with torch.inference_mode():
+            return predict_mean(regressor.network, encoded)
+
+    settings = ServingSettings(model_dir=model_dir, readiness_dir=WORK / "ready", workers=WORKERS)
+    body = (line + "\n").encode()
+
+    def start_response(status: str, headers: list[tuple[str, str]], info: Any = None) -> Callable[[bytes], object]:
+        return lambda data: None
+
+    def wsgi(fast: bool) -> Callable[[], object]:
+        app = create_app(settings, LoadedPredictor(Predictor(regressor)))
+        if not fast:
+            app.wsgi_app.learn = lambda servable: None  # type: ignore[attr-defined]
+
+        def call() -> object:
+            environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations", "SERVER_NAME": "bench",
+                       "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+                       "CONTENT_TYPE": "text/csv", "CONTENT_LENGTH": str(len(body)), "HTTP_ACCEPT": "*/*",
+                       "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr}
+            return b"".join(app(environ, start_response))
+
+        call()
+        return call
+
+    import logging
+    logging.getLogger("hyperplane.access").disabled = True   # the log line is timed in the container runs
+    out = {"encode": best(lambda: regressor.preprocessor.encode(table)),
+           "network, fused": best(lambda: regressor.predict_encoded(encoded.numpy())),
+           "network, module by module + eval() (before)": best(module_by_module),
+           "Regressor.predict": best(lambda: regressor.predict(table)),
+           "WSGI call, Flask route": best(wsgi(False), 1000),
+           "WSGI call, fast path": best(wsgi(True), 1000)}
+    logging.getLogger("hyperplane.access").disabled = False
+    log(f"profile: {out}")
+    return out
+
+
+# ---------- 1. single rows ----------
+
+def wrk(port: int, content_type: str, body: bytes, connections: int, seconds: float) -> dict[str, float]:
+    script = WORK / "post.lua"
+    script.write_text(f"wrk.method = 'POST'\nwrk.body = {lua_string(body)}\n"
+                      f"wrk.headers['Content-Type'] = '{content_type}'\n")
+    duration = f"{max(1, round(seconds))}s"   # wrk takes whole seconds
+    out = subprocess.run(["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", duration,
+                          "--latency", "-s", str(script), f"http://127.0.0.1:{port}/invocations"],
+                         check=True, capture_output=True, text=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses:\n{out}")
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50": wrk_ms(out, "50%"), "p99": wrk_ms(out, "99%")}
+
+
+def lua_string(body: bytes) -> str:
+    return '"' + "".join(f"\\{b:03d}" for b in body) + '"'
+
+
+def wrk_ms(out: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{re.escape(percentile)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if match is None:
+        raise RuntimeError(f"no {percentile} latency in wrk's output:\n{out}")
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+
+def python_client(port: int, content_type: str, body: bytes, connections: int,
+                  seconds: float) -> dict[str, float]:
+    """Keep-alive http.client threads: what a Python caller sees (the client's own cost caps it)."""
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    stop = time.monotonic() + seconds
+
+    def run(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        headers = {"Content-Type": content_type}
+        while (now := time.monotonic()) < stop:
+            connection.request("POST", "/invocations", body, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"status {response.status}")
+            latencies[index].append(time.monotonic() - now)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = np.array([x for part in latencies for x in part]) * 1000
+    return {"rps": len(every) / (time.monotonic() - started), "p50": float(np.percentile(every, 50)),
+            "p99": float(np.percentile(every, 99))}
+
+
+def single_row(server: Container, floor: Container, bodies: dict[str, tuple[str, bytes]], repeats: int,
+               seconds: float) -> list[dict[str, Any]]:
+    for box in (server, floor):   # warm: every worker has served (and the fast path learnt its servable)
+        for content_type, body in bodies.values():
+            wrk(box.port, content_type, body, 8, 1)
+    out = []
+    cases = [(form, "wrk", c) for form in bodies for c in CONCURRENCY] + [(form, "python", 8) for form in bodies]
+    for form, client, connections in cases:
+        content_type, body = bodies[form]
+        measure: Callable[..., dict[str, float]] = wrk if client == "wrk" else python_client
+        runs: dict[str, list[dict[str, float]]] = {"server": [], "floor": []}
+        for _ in range(repeats):   # alternating, so the machine's other work falls on both alike
+            for name, box in (("server", server), ("floor", floor)):
+                runs[name].append(measure(box.port, content_type, body, connections, seconds))
+        ratios = [s["rps"] / f["rps"] for s, f in zip(runs["server"], runs["floor"], strict=True)]
+        row = {"form": form, "client": client, "c": connections, "ratio": statistics.median(ratios),
+               "ratio_range": (min(ratios), max(ratios)),
+               **{f"{name}_{key}": statistics.median(r[key] for r in runs[name])
+                  for name in runs for key in ("rps", "p50", "p99")}}
+        log(f"single row {form} {client} c={connections}: {row}")
+        out.append(row)
+    return out
+
+
+# ---------- 2. one 6 MiB CSV ----------
+
+def big_body(rows: list[str], limit: int = 6 * 1024 * 1024) -> bytes:
+    rng = np.random.default_rng(0)
+    lines, size = [], 0
+    for index in rng.integers(0, len(rows), 10 ** 6):
+        line = rows[index] + "\n"
+        if size + len(line) > limit:
+            break
+        lines.append(line)
+        size += len(line)
+    return "".join(lines).encode()
+
+
+def in_process_floor(model_dir: pathlib.Path, body: bytes) -> float:
+    """pyarrow.csv parse, our encoding of its columns, the fused network with one torch thread."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import torch
+
+    from model import artifact
+    from model.schema import Kind
+    from model.table import Table
+
+    torch.set_num_threads(1)
+    regressor = artifact.load(model_dir)
+    names = regressor.feature_names
+    kinds = {f.name: f.kind for f in regressor.preprocessor.schema.features}
+    types = {name: pa.float64() if kinds[name] is Kind.NUMERIC else pa.string() for name in names}
+    regressor.predict(Table.from_rows(names, [[None] * len(names)]))   # warm
+
+    def run() -> float:
+        started = time.perf_counter()
+        parsed = pacsv.read_csv(io.BytesIO(body), read_options=pacsv.ReadOptions(column_names=names),
+                                convert_options=pacsv.ConvertOptions(column_types=types))
+        columns = {name: parsed.column(name).to_numpy(zero_copy_only=False) for name in names}
+        predictions = regressor.predict_encoded(regressor.preprocessor.encode(Table(columns)))
+        assert len(predictions) == parsed.num_rows
+        return time.perf_counter() - started
+
+    return statistics.median(run() for _ in range(5))
+
+
+def big_csv(server: Container, model_dir: pathlib.Path, rows: list[str], repeats: int) -> dict[str, Any]:
+    body = big_body(rows)
+    n_rows = body.count(b"\n")
+
+    def post() -> float:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        started = time.perf_counter()
+        connection.request("POST", "/invocations", body, {"Content-Type": "text/csv"})
+        response = connection.getresponse()
+        answer = response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200 or answer.count(b"\n") != n_rows:
+            raise RuntimeError(f"big CSV: status {response.status}: {answer[:300]!r}")
+        return elapsed
+
+    post()   # warm
+    servers, floors = [], []
+    for _ in range(repeats):
+        servers.append(statistics.median(post() for _ in range(3)))
+        floors.append(in_process_floor(model_dir, body))
+    ratios = [s / f for s, f in zip(servers, floors, strict=True)]
+    out = {"bytes": len(body), "rows": n_rows, "server_s": statistics.median(servers),
+           "floor_s": statistics.median(floors), "ratio": statistics.median(ratios),
+           "ratio_range": (min(ratios), max(ratios))}
+    log(f"6 MiB CSV: {out}")
+    return out
+
+
+# ---------- 3. cold start ----------
+
+def cold_start(model_dir: pathlib.Path, repeats: int) -> dict[str, Any]:
+    servers, floors = [], []
+    for _ in range(repeats):
+        docker("run", "--rm", IMAGE, "true")   # the image's files in the page cache for both
+        port = free_port()
+        started = time.monotonic()
+        cid = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_dir}:/opt/ml/model:ro",
+                     "-e", f"SAGEMAKER_MODEL_SERVER_WORKERS={WORKERS}", IMAGE, "serve").strip()
+        box = Container(cid, port, started)
+        try:
+            servers.append(box.wait_ready())
+        finally:
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+        started = time.monotonic()
+        load = "import pathlib, torch; from model import artifact; artifact.load(pathlib.Path('/opt/ml/model'))"
+        subprocess.run(["docker", "run", "--rm", "-v", f"{model_dir}:/opt/ml/model:ro", IMAGE, "python", "-c", load],
+                       check=True, capture_output=True)
+        floors.append(time.monotonic() - started)
+    ratios = [s / f for s, f in zip(servers, floors, strict=True)]
+    out = {"server_s": statistics.median(servers), "floor_s": statistics.median(floors),
+           "ratio": statistics.median(ratios), "ratio_range": (min(ratios), max(ratios))}
+    log(f"cold start: {out}")
+    return out
+
+
+# ---------- 4. memory and images ----------
+
+def worker_rss_mib(box: Container) -> list[float]:
+    lines = docker("top", box.id, "-eo", "pid,ppid,rss").splitlines()[1:]
+    processes = [tuple(int(x) for x in line.split()[:3]) for line in lines]
+    pids = {pid for pid, _, _ in processes}
+    return sorted(rss / 1024 for pid, ppid, rss in processes if ppid in pids)
+
+
+def memory(server: Container, csv_body: tuple[str, bytes], soak: int) -> dict[str, Any]:
+    after_start = worker_rss_mib(server)
+    content_type, body = csv_body
+    served = 0
+    while served < soak:
+        result = wrk(server.port, content_type, body, 8, 10)
+        served += int(result["rps"] * 10)
+    out = {"after_start_mib": after_start, "after_requests_mib": worker_rss_mib(server), "requests": served}
+    log(f"memory: {out}")
+    return out
+
+
+def image_sizes() -> dict[str, str]:
+    sizes = {}
+    for image in ("hyperplane-serve:latest", "hyperplane-train:latest"):
+        sizes[image] = docker("images", "--format", "{{.Size}}", image).strip()
+    return sizes
+
+
+# ---------- 5. training ----------
+
+def training() -> dict[str, Any]:
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    from model.config import TrainingConfig
+    from model.training import fit
+
+    table = read_cars()
+    order = np.random.default_rng(0).permutation(table.n_rows)
+    test, train = table.take(order[: len(order) // 5]), table.take(order[len(order) // 5:])
+    features = [name for name in table.names if name != "Price"]
+    categorical = ["Fuel_Type", "Color"]
+    truth = test.columns["Price"].astype(float)
+
+    def matrix(part: Any) -> np.ndarray:
+        return np.stack([part.columns[name] for name in features], axis=1)
+
+    def rmse(predicted: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((predicted - truth) ** 2)))
+
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    regressor = fit(train, TrainingConfig()).regressor
+    out["hyperplane (default MLP ensemble)"] = (time.perf_counter() - started,
+                                                rmse(regressor.predict(test.without("Price"))))
+    started = time.perf_counter()
+    linear = fit(train, TrainingConfig(hidden_layers=())).regressor
+    out["hyperplane linear"] = (time.perf_counter() - started, rmse(linear.predict(test.without("Price"))))
+    cat_index = [features.index(name) for name in categorical]
+    num_index = [i for i in range(len(features)) if i not in cat_index]
+    y = np.log(train.columns["Price"].astype(float))
+    ridge = make_pipeline(make_column_transformer((OneHotEncoder(handle_unknown="ignore"), cat_index),
+                                                  (StandardScaler(), num_index)), Ridge(alpha=1.0))
+    hgb = make_pipeline(make_column_transformer((OrdinalEncoder(handle_unknown="use_encoded_value",
+                                                                unknown_value=-1), cat_index),
+                                                ("passthrough", num_index)),
+                        HistGradientBoostingRegressor(categorical_features=list(range(len(cat_index))),
+                                                      random_state=0))
+    for name, model in (("scikit-learn Ridge (log target)", ridge),
+                        ("scikit-learn HistGradientBoosting (log target)", hgb)):
+        x_train, x_test = matrix(train), matrix(test)
+        for part in (x_train, x_test):
+            part[:, num_index] = part[:, num_index].astype(float)
+        started = time.perf_counter()
+        model.fit(x_train, y)
+        out[name] = (time.perf_counter() - started, rmse(np.exp(model.predict(x_test))))
+    log(f"training: {out}")
+    return out
+
+
+# ---------- the table ----------
+
+def render(results: dict[str, Any]) -> str:
+    def spread(row: dict[str, Any]) -> str:
+        low, high = row["ratio_range"]
+        return f"{row['ratio']:.2f}x ({low:.2f}-{high:.2f})"
+
+    lines = [SECTION, "",
+             f"{results['date']}, {results['machine']}, shared with other work; every ratio is the median of "
+             "runs made side by side with its floor in one run (min-max in brackets). Command:", "",
+             "```bash", results["command"], "```", "",
+             f"### Single-row requests, {WORKERS} workers (floor: same image, gunicorn with the same worker "
+             "count and class, a constant WSGI app)", "",
+             "| body | client | concurrency | hyperplane req/s | floor req/s | ratio | p50 / p99 ms "
+             "| floor p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in results["single_row"]:
+        lines.append(f"| {row['form']} | {row['client']} | {row['c']} | {row['server_rps']:.0f} | "
+                     f"{row['floor_rps']:.0f} | {spread(row)} | {row['server_p50']:.2f} / {row['server_p99']:.2f} | "
+                     f"{row['floor_p50']:.2f} / {row['floor_p99']:.2f} |")
+    if "profile" in results:
+        lines += ["", "### In-process profile of one single-row CSV request (us per call, 1 torch thread)", "",
+                  "| step | us |", "|---|---|"]
+        lines += [f"| {step} | {us:.1f} |" for step, us in results["profile"].items()]
+    big = results["big_csv"]
+    cold = results["cold_start"]
+    memory = results["memory"]
+    lines += ["", "### One large CSV request, cold start, memory", "",
+              "| measurement | hyperplane | floor | ratio |", "|---|---|---|---|",
+              f"| {big['bytes'] / 2**20:.2f} MiB CSV, {big['rows']} rows: answer time (floor: pyarrow.csv + "
+              f"encode + fused network in process, 1 torch thread like a worker) | {big['server_s']:.3f} s | "
+              f"{big['floor_s']:.3f} s | {spread(big)} |",
+              f"| cold start: `docker run` to the first 200 on /ping (floor: `import torch` + artifact load in "
+              f"the image) | {cold['server_s']:.2f} s | {cold['floor_s']:.2f} s | {spread(cold)} |",
+              "", f"Worker RSS after start: {', '.join(f'{m:.0f}' for m in memory['after_start_mib'])} MiB; after "
+              f"{memory['requests']:,} more single-row requests: "
+              f"{', '.join(f'{m:.0f}' for m in memory['after_requests_mib'])} MiB; after the large CSV requests: "
+              f"{', '.join(f'{m:.0f}' for m in memory['after_big_csv_mib'])} MiB. Images: "
+              + ", ".join(f"`{k}` {v}" for k, v in results["images"].items()) + "."]
+    if "training" in results:
+        lines += ["", "### Training on the used cars (80/20 seeded split, held-out RMSE in EUR)", "",
+                  "| model | wall time s | RMSE |", "|---|---|---|"]
+        lines += [f"| {name} | {seconds:.1f} | {error:.0f} |" for name, (seconds, error) in results["training"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(table: str) -> None:
+    """Replaces this benchmark's section of docs/benchmarks.md (up to the next `## ` heading), or appends
+    it; other sections stay as they are."""
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text()
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + table
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + table + ("\n" + text[end + 1:] if end >= 0 else "")
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
