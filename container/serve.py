@@ -22,6 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from container.serving.logbuffer import BufferedStreamHandler
 from container.serving.settings import ServingSettings, SettingsError
 from container.serving.user_code import UserCodeError
 
@@ -65,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(level: int) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+    """One line per record on stderr, INFO lines (the access line of every request) written in batches
+    every 0.1 s, warnings and errors at once, nothing lost on a graceful stop (logbuffer.py)."""
+    logging.basicConfig(level=level, handlers=[BufferedStreamHandler(sys.stderr)], force=True,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S %z")
 

@@ -38,6 +38,7 @@ from typing import Any, cast
 import numpy as np
 from werkzeug.datastructures import MIMEAccept
 
+from container.serving import csvcolumns
 from container.serving.errors import InvalidInput, not_acceptable, unsupported_content_type
 from model.table import Cell, Table
 
@@ -48,6 +49,7 @@ NPY = "application/x-npy"
 OUTPUT_TYPES = (CSV, JSON, JSONLINES)
 _JSON_LISTS = {"explanation": "explanations"}   # a JSON Lines key -> its list's name in a JSON response
 JSON_FORMS = ("instances", "dataframe_split", "dataframe_records")
+COLUMNAR_MIN_BYTES = 32 * 1024   # CSV bodies from this size try csvcolumns.py's decoder first
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class InputSchema:
     feature_names: tuple[str, ...]
     target: str
     numeric_only: bool
+    numeric_features: frozenset[str] = frozenset()   # read as numbers by the columnar CSV decoder
 
     @functools.cached_property
     def known_names(self) -> frozenset[str]:
@@ -75,6 +78,10 @@ def decode(body: bytes, mimetype: str, params: Mapping[str, str], schema: InputS
         raise InvalidInput("the request body is empty; send at least one row")
     if mimetype == NPY:
         return _decode_npy(body, schema)
+    if mimetype == CSV and len(body) >= COLUMNAR_MIN_BYTES:
+        table = _decode_csv_columnar(body, params, schema)
+        if table is not None:
+            return table
     text = _text(body, params.get("charset", "utf-8"))
     if mimetype == CSV:
         return _decode_csv(text, params.get("header", "auto").lower(), schema)
@@ -123,7 +130,7 @@ def encode(predictions: np.ndarray, mimetype: str, *, final_newline: bool = True
         if not all(isinstance(items, np.ndarray) for items in (extras or {}).values()):
             raise ValueError("a CSV response holds numbers only")
         lines = [",".join(f"{value!r}" for value in row) for row in zip(values, *columns.values(), strict=True)] \
-            if columns else [f"{value!r}" for value in values]
+            if columns else list(map(repr, values))
     else:
         lines = [json.dumps({"prediction": value, **{name: numbers[index] for name, numbers in columns.items()}})
                  for index, value in enumerate(values)]
@@ -131,11 +138,14 @@ def encode(predictions: np.ndarray, mimetype: str, *, final_newline: bool = True
 
 
 def _finite(numbers: np.ndarray, name: str) -> list[float]:
-    values = [float(value) for value in numbers]
-    for index, value in enumerate(values):
-        if not math.isfinite(value):
-            raise InvalidInput(f"the {name} is {value} (the input lies far outside the training data)",
-                               row=index + 1)
+    # tolist: the same Python floats as float() of each element (float32 widens exactly), made in C
+    array = np.asarray(numbers, dtype=np.float64)
+    values: list[float] = array.tolist()
+    if not np.isfinite(array).all():
+        for index, value in enumerate(values):
+            if not math.isfinite(value):
+                raise InvalidInput(f"the {name} is {value} (the input lies far outside the training data)",
+                                   row=index + 1)
     return values
 
 
@@ -181,6 +191,43 @@ def _decode_csv(text: str, header: str, schema: InputSchema) -> Table:
     if header == "present" or (header == "auto" and rows and _names_features(rows[0], schema)):
         return _table(_named_columns([str(cell).strip() for cell in rows[0]], schema), rows[1:])
     return _table(schema.feature_names, rows)
+
+
+def _decode_csv_columnar(body: bytes, params: Mapping[str, str], schema: InputSchema) -> Table | None:
+    """What _decode_csv makes of `body`, read column by column (csvcolumns.py) without a Python object per
+    cell; None for a body that csvcolumns does not read, or whose answer would be an error (a header that
+    names unknown or repeated columns, a width other than the features', no rows): the csv-module path
+    then answers it as it always has. Numeric features come as float64 columns, which preprocessing reads
+    as the float() of the strings the csv module would give; a numeric column with a missing or non-number
+    cell, and every other column, comes as strings."""
+    header = params.get("header", "auto").lower()
+    try:
+        charset = codecs.lookup(params.get("charset", "utf-8")).name
+    except LookupError:
+        return None
+    if header not in ("auto", "present", "absent") or charset not in ("utf-8", "ascii"):
+        return None
+    fields = csvcolumns.split(body)
+    if fields is None:
+        return None
+    first = fields.line(0)
+    if header == "present" or (header == "auto" and _names_features(first, schema)):
+        names, first_row = [cell.strip() for cell in first], 1
+        if len(set(names)) != len(names) or set(names) != set(schema.feature_names):
+            return None
+    else:
+        names, first_row = list(schema.feature_names), 0
+    if fields.width != len(names) or fields.lines <= first_row:
+        return None
+    columns: dict[str, np.ndarray] = {}
+    for index, name in enumerate(names):
+        values = fields.numbers(index, first_row) if name in schema.numeric_features else None
+        if values is None:
+            values = fields.strings(index, first_row)
+        if values is None:
+            return None
+        columns[name] = values
+    return Table(columns)
 
 
 def _names_features(first_row: Sequence[Cell], schema: InputSchema) -> bool:

@@ -15,6 +15,9 @@ chunked body, user handlers, a model still loading) goes to Flask untouched, and
 fast path started that raises, with its body put back: Flask then does everything again and answers
 exactly what it always has, errors included (tests/serving/test_fastpath.py compares the two). The body
 of a refused request is read twice; that costs nothing worth keeping an answer apart for.
+
+Every POST of RELEASE_BYTES or more (or of unknown length), on either path, is answered through
+memory.ReleasingBody, which hands the request's freed memory back to the system once the response is sent.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from container.serving import codecs
 from container.serving.attributes import response_attributes
 from container.serving.limits import RequestLimits
+from container.serving.memory import RELEASE_BYTES, ReleasingBody
 from container.serving.predictor import Predictor
 from container.serving.servable import Servable
 from container.serving.settings import ServingSettings
@@ -56,6 +60,13 @@ class FastPath:
             self.predictor = servable
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        answer = self._route(environ, start_response)
+        length = environ.get("CONTENT_LENGTH", "")
+        if environ.get("REQUEST_METHOD") == "POST" and (not length.isdigit() or int(length) >= RELEASE_BYTES):
+            return ReleasingBody(answer)   # a large (or chunked) body: its memory goes back once answered
+        return answer
+
+    def _route(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         predictor = self.predictor
         if (predictor is not None and environ.get("PATH_INFO") == "/invocations"
                 and environ.get("REQUEST_METHOD") == "POST" and not environ.get(_ATTRIBUTES)):

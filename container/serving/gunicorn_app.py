@@ -15,8 +15,9 @@ Order of events (master = the `serve` process, PID 1 in the container):
      inside SageMaker's 30 s before SIGKILL), then exits; workers leave with os._exit, skipping the
      seconds a normal interpreter shutdown spends on torch.
 
-gunicorn's access log is off (app.py writes one structured line per request); its error log goes to
-stderr at the configured level.
+gunicorn's access log is off (app.py writes one structured line per request, through serve.py's buffered
+handler, logbuffer.py, which worker_exit flushes before os._exit); its error log goes to stderr at the
+configured level.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from container.serving.readiness import ReadinessBoard
 from container.serving.servable import Answer, LoadError, RequestInfo, Servable
 from container.serving.settings import ServingSettings
 from model.errors import DataError
+from model.schema import Kind
 from model.table import Table
 
 if TYPE_CHECKING:   # torch is imported by the loader thread, after the port is bound
@@ -61,7 +62,9 @@ class Predictor:
         self.batch = batch   # a transform job: no newline after the last record (codecs.encode)
         self.limits = limits or RequestLimits()   # the row limit for JSON and x-npy (app.py checks lines)
         self.version = str(regressor.info.get("version", "unknown"))
-        self.schema = InputSchema(tuple(regressor.feature_names), regressor.target, regressor.numeric_only)
+        self.schema = InputSchema(tuple(regressor.feature_names), regressor.target, regressor.numeric_only,
+                                  frozenset(feature.name for feature in regressor.preprocessor.schema.features
+                                            if feature.kind is Kind.NUMERIC))
         self.lock = threading.Lock()
         self._explainer: Explainer | None = None   # made by the first request with explain=true
         self._content_types = {mimetype: get_content_type(mimetype, "utf-8") for mimetype in codecs.OUTPUT_TYPES}

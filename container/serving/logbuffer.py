@@ -1,0 +1,129 @@
+"""BufferedStreamHandler: log lines written in batches, so a request's access line costs no system call.
+
+    handler = BufferedStreamHandler(sys.stderr)       # container/serve.py configure_logging
+    logging.basicConfig(handlers=[handler], ...)
+
+What it promises:
+- every record becomes exactly one line, formatted as a StreamHandler would, written in the order the
+  records were emitted (one lock orders the buffer and the writes);
+- INFO and DEBUG lines (the `hyperplane.access` line of every request) are kept in memory and written
+  together, in one write and one flush, at most FLUSH_INTERVAL_S after the first of them, or at once when
+  BATCH_BYTES have gathered;
+- a WARNING or worse is written at once, after everything emitted before it, so errors appear promptly;
+- flush() and close() write whatever is pending: logging.shutdown() (at interpreter exit, in gunicorn's
+  worker_exit hook before its os._exit, gunicorn_app.py, and in predictor._exit_worker) loses nothing on
+  a graceful stop. Only a process killed outright (SIGKILL) loses up to FLUSH_INTERVAL_S of INFO lines;
+- after fork the child starts with an empty buffer and no writer thread (the parent writes what it had
+  pending), so a forked gunicorn worker never writes its master's lines twice.
+
+Why: on 2 cores behind Docker's log pipeline, one unbuffered stderr write per request cost about a third
+of single-row throughput (docs/benchmarks.md, "Serving and training speed").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import TextIO
+
+FLUSH_INTERVAL_S = 0.1
+BATCH_BYTES = 64 * 1024   # written at once beyond this: bounds the memory and the size of one write
+
+_HANDLERS: weakref.WeakSet[BufferedStreamHandler] = weakref.WeakSet()
+
+
+class BufferedStreamHandler(logging.Handler):
+    terminator = "\n"
+
+    def __init__(self, stream: TextIO, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        super().__init__()
+        self.stream = stream
+        self.interval_s = interval_s
+        self._reset()
+        _HANDLERS.add(self)
+
+    def _reset(self) -> None:
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        # Handler.handle holds self.lock here, so the buffer and the writes keep emission order
+        self._pending.append(line)
+        self._pending_chars += len(line)
+        if record.levelno >= logging.WARNING or self._pending_chars >= BATCH_BYTES or self._closed:
+            self._write_pending()
+        elif not self._wake.is_set():
+            self._ensure_writer()
+            self._wake.set()
+
+    def flush(self) -> None:
+        with self.lock:   # type: ignore[union-attr]   # made in Handler.__init__
+            self._write_pending()
+
+    def close(self) -> None:
+        with self.lock:   # type: ignore[union-attr]
+            self._write_pending()
+            self._closed = True   # a record emitted later (at shutdown) is written at once
+        self._wake.set()
+        super().close()
+
+    def _write_pending(self) -> None:
+        """Caller holds self.lock."""
+        if not self._pending:
+            return
+        data = "".join(self._pending)
+        self._pending.clear()
+        self._pending_chars = 0
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (OSError, ValueError):   # stderr closed or a broken pipe: nowhere left to say it
+            pass
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
+            self._writer.start()
+
+    def _run(self) -> None:
+        wake = self._wake   # a forked child replaces it; this thread does not exist there
+        while not self._closed:
+            wake.wait()
+            if self._closed:
+                return
+            # gather for one interval, then write the batch; a line emitted meanwhile sets nothing new
+            time.sleep(self.interval_s)
+            with self.lock:   # type: ignore[union-attr]
+                wake.clear()
+                self._write_pending()
+
+
+def _after_fork_in_child() -> None:
+    # The parent writes its own pending lines; threads do not survive fork, so neither does the writer.
+    # logging reinitialises each handler's lock in the child itself.
+    for handler in list(_HANDLERS):
+        handler._reset()
+
+
+def _before_fork() -> None:
+    # Written before forking, so nothing pending is lost in the child's reset or written out of order
+    for handler in list(_HANDLERS):
+        if handler.lock is not None and handler.lock.acquire(timeout=1):
+            try:
+                handler._write_pending()
+            finally:
+                handler.lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

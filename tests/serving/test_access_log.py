@@ -1,0 +1,177 @@
+"""The buffered log handler (container/serving/logbuffer.py): one line per record, in order, INFO lines
+written in batches, warnings at once with everything before them, nothing lost at close, fork or a
+SIGTERM to the real server. No timing is asserted: the handlers here wait an hour before writing on
+their own, so what is written when is decided by the calls the tests make."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pathlib
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from container.serving.logbuffer import BufferedStreamHandler
+from tests.serving.process import StartServer
+from tests.serving.requests_data import ROWS, csv_body
+
+FORMAT = "[%(levelname)s] %(name)s: %(message)s"
+
+
+class CountingStream(io.StringIO):
+    """Records each write, so a test can tell a batch from a line at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.fixture
+def logger() -> Iterator[tuple[logging.Logger, BufferedStreamHandler, CountingStream]]:
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream, interval_s=3600)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    log = logging.getLogger("hyperplane.test-buffer")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    yield log, handler, stream
+    log.removeHandler(handler)
+    handler.close()
+
+
+def test_info_lines_wait_and_come_out_in_one_write_in_order(
+        logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, handler, stream = logger
+    for number in range(50):
+        log.info("request %d", number)
+    assert stream.writes == []   # batched, not one write per line
+    handler.flush()
+    assert len(stream.writes) == 1
+    assert stream.getvalue().splitlines() == [f"[INFO] hyperplane.test-buffer: request {n}" for n in range(50)]
+
+
+def test_a_warning_is_written_at_once_after_what_came_before(
+        logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, _, stream = logger
+    log.info("first")
+    log.debug("second")
+    log.error("broken")
+    assert stream.getvalue().splitlines() == ["[INFO] hyperplane.test-buffer: first",
+                                              "[DEBUG] hyperplane.test-buffer: second",
+                                              "[ERROR] hyperplane.test-buffer: broken"]
+    assert len(stream.writes) == 1
+
+
+def test_an_exception_keeps_its_traceback_lines(
+        logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, _, stream = logger
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        log.exception("failed")
+    text = stream.getvalue()
+    assert text.startswith("[ERROR] hyperplane.test-buffer: failed\nTraceback") and "ValueError: bad value" in text
+
+
+def test_close_and_logging_shutdown_write_everything_pending(
+        logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, handler, stream = logger
+    log.info("pending")
+    handler.close()
+    assert stream.getvalue() == "[INFO] hyperplane.test-buffer: pending\n"
+    log.info("after close")   # at interpreter shutdown: written at once, not lost
+    assert stream.getvalue().endswith("after close\n")
+
+
+def test_a_large_batch_is_written_without_waiting(
+        logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, _, stream = logger
+    for _ in range(2000):
+        log.info("x" * 100)
+    assert stream.writes and all(len(write) <= 70_000 for write in stream.writes)
+
+
+def test_the_writer_thread_writes_on_its_own() -> None:
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream, interval_s=0.01)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("hyperplane.access", logging.INFO, __file__, 1, "one", None, None)
+    handler.handle(record)
+    deadline = time.monotonic() + 30
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == "one\n"
+    handler.close()
+
+
+def test_a_forked_child_does_not_repeat_its_parents_lines(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "log"
+    with path.open("w") as stream:
+        handler = BufferedStreamHandler(stream, interval_s=3600)
+        handler.setFormatter(logging.Formatter("%(process)d %(message)s"))
+        log = logging.getLogger("hyperplane.test-fork")
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        try:
+            log.info("before fork")
+            pid = os.fork()
+            if pid == 0:   # the child: its own line, flushed as logging.shutdown would, then leave at once
+                try:
+                    log.info("in child")
+                    handler.flush()
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            log.info("in parent")
+            handler.flush()
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    lines = [line.split(" ", 1)[1] for line in path.read_text().splitlines()]
+    assert sorted(lines) == ["before fork", "in child", "in parent"]
+    assert lines.index("before fork") < lines.index("in parent")
+
+
+@pytest.fixture(scope="module")
+def base_dir(mixed_model_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("opt-ml")
+    (root / "model").symlink_to(mixed_model_dir)
+    return root
+
+
+def test_every_access_line_arrives_in_order_when_the_server_is_stopped(start: StartServer,
+                                                                       base_dir: pathlib.Path) -> None:
+    """One worker, so one process orders all the lines; SIGTERM right after the last answer, while its
+    line is still in the buffer: the worker's exit writes it."""
+    server = start(base_dir, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.process.poll() is None and time.monotonic() < deadline, "the server did not start"
+        try:
+            if requests.get(f"{server.url}/ping", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    counts = [1 + number % len(ROWS) for number in range(40)]
+    with requests.Session() as session:
+        for count in counts:
+            response = session.post(f"{server.url}/invocations", data=csv_body(ROWS[:count]),
+                                    headers={"Content-Type": "text/csv"})
+            assert response.status_code == 200
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    lines = [line for line in server.log().splitlines() if "hyperplane.access: " in line]
+    assert [int(line.split(" rows=")[1].split()[0]) for line in lines] == counts
+    assert all("method=POST path=/invocations status=200" in line for line in lines)
