@@ -57,7 +57,7 @@ def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None,
     """Reads the channels listed in inputdataconfig.json, or the folders under input/data without one.
     `max_bytes` bounds each channel's text (after decompression); default: channel_byte_budget()."""
     max_bytes = channel_byte_budget() if max_bytes is None else max_bytes
-    configs = dict(input_config) if input_config is not None else _discover(paths)
+    configs = dict(input_config) if input_config is not None else discover_channels(paths)
     unknown = sorted(set(configs) - set(KNOWN_CHANNELS))
     if unknown:
         raise ChannelError(f"unknown channel {unknown[0]!r}; hyperplane reads the channels train (or "
@@ -67,7 +67,7 @@ def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None,
         raise ChannelError("no training data: give a channel named 'train' (or 'training')")
     if len(named) > 1:
         raise ChannelError("both 'train' and 'training' channels were given; use one of them")
-    tables = {name: read_channel(paths.channel(name), name, _channel_config(configs[name], name), csv_header,
+    tables = {name: read_channel(paths.channel(name), name, channel_config(configs[name], name), csv_header,
                                  root=paths.root, max_bytes=max_bytes)
               for name in configs}
     train = tables[named[0]]
@@ -81,14 +81,15 @@ def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv
     a channel whose text (after decompression) exceeds it fails the job before memory runs out."""
     mode = config.get("TrainingInputMode", "File")
     if mode == "Pipe":
-        raise ChannelError(f"channel {name!r} uses Pipe input mode; hyperplane reads File or FastFile mode")
+        raise ChannelError(f"channel {name!r} uses Pipe input mode, which is streamed, not read into memory "
+                           "(data_loading=auto or stream)")
     if root is not None:
-        _inside(folder, root, f"the folder of channel {name!r}")
+        inside_job(folder, root, f"the folder of channel {name!r}")
     if not folder.is_dir():
         raise ChannelError(f"channel {name!r} has no data: the folder {folder} does not exist")
     # rglob does not descend into linked folders; linked files are checked one by one below.
     files = sorted(p for p in folder.rglob("*") if not p.name.startswith(".") and
-                   (root is None or _inside(p, root, f"{p.relative_to(folder.parent)}")) and p.is_file())
+                   (root is None or inside_job(p, root, f"{p.relative_to(folder.parent)}")) and p.is_file())
     if not files:
         raise ChannelError(f"channel {name!r} is empty: no files in {folder}")
     content_type = str(config.get("ContentType") or "").split(";")[0].strip().lower()
@@ -140,7 +141,7 @@ def _parse_csv(text: str, label: pathlib.PurePath, csv_header: str) -> Table:
     numbered = [(number, row) for number, row in enumerate(csv.reader(io.StringIO(text)), start=1) if row]
     first = numbered[0][1]
     has_header = (csv_header == "present" or
-                  (csv_header == "auto" and _looks_like_header(first, [r for _, r in numbered[1:]])))
+                  (csv_header == "auto" and looks_like_header(first, [r for _, r in numbered[1:]])))
     body = numbered[1:] if has_header else numbered
     names = [cell.strip() for cell in first] if has_header else [f"c{i}" for i in range(len(first))]
     try:
@@ -149,7 +150,7 @@ def _parse_csv(text: str, label: pathlib.PurePath, csv_header: str) -> Table:
         raise ChannelError(str(error) if error.row else f"{label}: {error}") from error
 
 
-def _looks_like_header(first: list[str], rest: list[list[str]]) -> bool:
+def looks_like_header(first: list[str], rest: list[list[str]]) -> bool:
     if any(not cell.strip() or parse_number(cell) is not None for cell in first):
         return False
     sample = rest[:HEADER_SNIFF_ROWS]
@@ -174,7 +175,7 @@ def _parse_jsonlines(text: str, label: pathlib.PurePath) -> Table:
         else:
             # The kind of value, never the line: a line is a row (a JSON string may hold a whole CSV row).
             raise ChannelError(f"{label} line {number}: expected a JSON object or array, got a JSON "
-                               f"{_json_kind(value)}")
+                               f"{json_kind(value)}")
         labels.append(f"{label} line {number}")
         if records and rows:
             raise ChannelError(f"{label} line {number}: mixes JSON objects and arrays; use one form per file")
@@ -183,7 +184,7 @@ def _parse_jsonlines(text: str, label: pathlib.PurePath) -> Table:
         for column, cell in named:
             if isinstance(cell, dict | list):
                 # Named by line and column, not quoted: a nested list can be a whole row ([[13500, 23, ...]]).
-                raise ChannelError(f"{where}, column {column!r}: a nested JSON {_json_kind(cell)} where a "
+                raise ChannelError(f"{where}, column {column!r}: a nested JSON {json_kind(cell)} where a "
                                    "single value belongs")
     try:
         if records:
@@ -193,7 +194,7 @@ def _parse_jsonlines(text: str, label: pathlib.PurePath) -> Table:
         raise ChannelError(str(error)) from error
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     kinds = ((dict, "object"), (list, "array"), (str, "string"), (bool, "boolean"), (int | float, "number"))
     return next((kind for types, kind in kinds if isinstance(value, types)), "null")
 
@@ -230,7 +231,7 @@ def _renamed(table: Table, names: list[str]) -> Table:
     return Table(dict(zip(names, table.columns.values(), strict=True)), table.row_labels)
 
 
-def _inside(path: pathlib.Path, root: pathlib.Path, what: str) -> bool:
+def inside_job(path: pathlib.Path, root: pathlib.Path, what: str) -> bool:
     """True, or ChannelError when `path` resolves (through symbolic links) outside `root`."""
     if not path.resolve().is_relative_to(root.resolve()):
         raise ChannelError(f"{what} is a symbolic link that leads out of {root}; hyperplane reads channel data "
@@ -238,7 +239,7 @@ def _inside(path: pathlib.Path, root: pathlib.Path, what: str) -> bool:
     return True
 
 
-def _channel_config(config: Any, name: str) -> Mapping[str, Any]:
+def channel_config(config: Any, name: str) -> Mapping[str, Any]:
     if config is None:
         return {}
     if not isinstance(config, dict):
@@ -257,8 +258,8 @@ class _Budget:
         if self.left is not None and size > self.left:
             raise ChannelError(f"{label}: channel {self.channel!r} holds more than {self.limit} bytes of data "
                                f"(hyperplane reads a channel into memory, at many times its size: the limit is "
-                               f"1/{MEMORY_SHARE} of this container's memory); use an instance with more memory, "
-                               "or fewer or smaller files")
+                               f"1/{MEMORY_SHARE} of this container's memory); set data_loading=stream (or auto) to "
+                               "stream it from disk, use an instance with more memory, or fewer or smaller files")
 
     def take(self, size: int, label: pathlib.PurePath) -> None:
         self.check(size, label)
@@ -278,6 +279,6 @@ def channel_byte_budget(cgroup_root: pathlib.Path = pathlib.Path("/sys/fs/cgroup
     return memory // MEMORY_SHARE
 
 
-def _discover(paths: SageMakerPaths) -> dict[str, Any]:
+def discover_channels(paths: SageMakerPaths) -> dict[str, Any]:
     data = paths.root / "input" / "data"
     return {p.name: {} for p in sorted(data.iterdir()) if p.is_dir()} if data.is_dir() else {}

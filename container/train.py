@@ -45,7 +45,8 @@ import pathlib
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,6 +59,7 @@ from container.hyperparameters import parse_hyperparameters
 from container.paths import SageMakerPaths
 from container.script_mode import find_entry_point, run_entry_point
 from container.stopping import JobStopped, StopRequest, stop_on_sigterm
+from container.streaming import streaming_reason, train_streaming
 from model import artifact
 from model.card import build_card, write_card
 from model.checkpoint import CheckpointError
@@ -68,6 +70,8 @@ from model.errors import DataError
 from model.evaluation import describe_worst, evaluate_split, evaluation_split
 from model.monitoring import data_quality_baseline
 from model.report import evaluation_report, write_report
+from model.streaming import StreamedFit
+from model.table import Table
 from model.training import EpochReport, FitResult, fit, share
 
 log = logging.getLogger("hyperplane.train")
@@ -184,10 +188,52 @@ def _train_rank(paths: SageMakerPaths, config: TrainingConfig, cluster: Cluster,
             raise ReportedByRankZero(getattr(error, "exit_code", JobError.exit_code)) from None
 
 
+@dataclass(frozen=True)
+class _Trained:
+    """A fitted model and what its governance files describe."""
+
+    result: FitResult
+    evaluation: Callable[[], tuple[str, Table]]   # the evaluated split's name and rows (rank 0 asks)
+    baseline: Table                               # the training rows the monitoring baseline describes
+    note: str | None                              # when those are not all the data, what they are
+    checkpointing: Checkpointing | None
+
+
 def _train(paths: SageMakerPaths, config: TrainingConfig, group: Group, stop: StopRequest) -> None:
     started = time.monotonic()
     log.info("hyperparameters: %s", json.dumps(config.to_dict()))
     input_config = _read_json(paths.input_data_config)
+    # Each host sizes its own channels; if one must stream, all do (the ranks run one algorithm together).
+    reasons = group.gather(group.agree(lambda: streaming_reason(paths, input_config, config),
+                                       errors=(ChannelError, DataError)))
+    reason = next((reason for reason in reasons if reason is not None), None)
+    trained = (_train_streamed(paths, config, group, stop, input_config, reason) if reason is not None
+               else _train_in_memory(paths, config, group, stop, input_config))
+    if not group.leader:
+        return
+    result = trained.result
+    if stop.requested():
+        log.info("SIGTERM came after the last training step: the job finishes writing the model")
+    path = artifact.save(result.regressor, paths.model_dir)
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {**result.metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    (paths.output_data_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for split, values in result.metrics.items():
+        print(" ".join(f"{split}_{key}={value:.6g}" for key, value in values.items() if key != "rows"),
+              flush=True)
+    if trained.note:
+        log.info("evaluation.json, the monitoring baseline and the model card describe %s", trained.note)
+    _write_governance(paths, config, trained.evaluation(), trained.baseline, result, path)
+    if trained.checkpointing is not None:
+        # Only now that the model is written: SageMaker mirrors the deletion to checkpoint_s3_uri, and a later
+        # job with the same checkpoint folder trains from the start instead of resuming a finished run.
+        discard(trained.checkpointing)
+    log.info("best epoch %d of %d; model written to %s in %.1f s", result.best_epoch, result.epochs_run, path,
+             time.monotonic() - started)
+
+
+def _train_in_memory(paths: SageMakerPaths, config: TrainingConfig, group: Group, stop: StopRequest,
+                     input_config: Mapping[str, Any] | None) -> _Trained:
     channels = group.agree(lambda: read_channels(paths, input_config, config.csv_header),
                            errors=(ChannelError, DataError))
     sharded = _sharded(input_config)
@@ -199,26 +245,30 @@ def _train(paths: SageMakerPaths, config: TrainingConfig, group: Group, stop: St
     checkpointing = Checkpointing(paths.checkpoints_dir, config.checkpoint_epochs, config.checkpoint_seconds,
                                   stop.requested)
     result = _fit(config, channels, checkpointing, stop, group, sharded)
-    if not group.leader:
-        return
-    if stop.requested():
-        log.info("SIGTERM came after the last training step: the job finishes writing the model")
-    path = artifact.save(result.regressor, paths.model_dir)
-    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {**result.metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-    (paths.output_data_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for split, values in result.metrics.items():
-        print(" ".join(f"{split}_{key}={value:.6g}" for key, value in values.items() if key != "rows"),
-              flush=True)
-    if sharded and group.distributed:
-        log.info("evaluation.json, the monitoring baseline and the model card describe %s's shard of the data",
-                 group.name)
-    _write_governance(paths, config, channels, result, path)
-    # Only now that the model is written: SageMaker mirrors the deletion to checkpoint_s3_uri, and a later
-    # job with the same checkpoint folder trains from the start instead of resuming a finished run.
-    discard(checkpointing)
-    log.info("best epoch %d of %d; model written to %s in %.1f s", result.best_epoch, result.epochs_run, path,
-             time.monotonic() - started)
+    note = f"{group.name}'s shard of the data" if any(sharded.values()) and group.distributed else None
+    return _Trained(result, lambda: evaluation_split(channels.train, config, channels.validation, channels.test),
+                    channels.train, note, checkpointing)
+
+
+def _train_streamed(paths: SageMakerPaths, config: TrainingConfig, group: Group, stop: StopRequest,
+                    input_config: Mapping[str, Any] | None, reason: str) -> _Trained:
+    log.info("streaming the channels from disk (%s): statistics in one pass, then one pass per epoch, "
+             "memory bounded whatever the data's size; no checkpoints are written", reason)
+    streamed = _fit_streamed(paths, config, group, stop, input_config)
+    note = (f"seeded samples of the streamed data: {streamed.sample.n_rows} {streamed.split} rows, "
+            f"{streamed.train_sample.n_rows} training rows")
+    return _Trained(streamed.result, lambda: (streamed.split, streamed.sample), streamed.train_sample, note, None)
+
+
+def _fit_streamed(paths: SageMakerPaths, config: TrainingConfig, group: Group, stop: StopRequest,
+                  input_config: Mapping[str, Any] | None) -> StreamedFit:
+    """train_streaming() with a stop turned into the JobError it ends the job with."""
+    try:
+        return train_streaming(paths, config, group, input_config, stop.requested,
+                               on_epoch=_log_epoch if group.leader else None)
+    except TrainingStopped as stopped:
+        log.info("stopping %.1f s after SIGTERM, %s", stop.seconds_since(), stopped.position.describe())
+        raise JobStopped(_stopped_reason(paths.checkpoints_dir, stopped)) from None
 
 
 def _sharded(input_config: Mapping[str, Any] | None) -> dict[str, bool]:
@@ -227,16 +277,16 @@ def _sharded(input_config: Mapping[str, Any] | None) -> dict[str, bool]:
             for name, entry in (input_config or {}).items()}
 
 
-def _write_governance(paths: SageMakerPaths, config: TrainingConfig, channels: Channels, result: FitResult,
-                      artifact_path: pathlib.Path) -> None:
-    """After the artifact: evaluation.json and the monitoring baseline in output/data (output.tar.gz, where a
-    pipeline step or a monitoring schedule takes them from), model-card.json beside the artifact, and
-    report.html in both."""
-    split, table = evaluation_split(channels.train, config, channels.validation, channels.test)
+def _write_governance(paths: SageMakerPaths, config: TrainingConfig, evaluation: tuple[str, Table],
+                      baseline: Table, result: FitResult, artifact_path: pathlib.Path) -> None:
+    """After the artifact: evaluation.json of the evaluation split (name, rows) and the monitoring baseline
+    of the training rows in output/data (output.tar.gz, where a pipeline step or a monitoring schedule takes
+    them from), model-card.json beside the artifact, and report.html in both."""
+    split, table = evaluation
     report = evaluate_split(result.regressor, table, split, seed=config.seed)
     _write_json(paths.output_data_dir / "evaluation.json", report)
     print(describe_worst(report), flush=True)
-    statistics, constraints = data_quality_baseline(channels.train, result.regressor.feature_names, config.seed)
+    statistics, constraints = data_quality_baseline(baseline, result.regressor.feature_names, config.seed)
     _write_json(paths.output_data_dir / "statistics.json", statistics, indent=None)   # KLL levels: compact
     _write_json(paths.output_data_dir / "constraints.json", constraints)
     rows = {name: int(values["rows"]) for name, values in result.metrics.items()}

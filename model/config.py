@@ -12,6 +12,7 @@ from typing import Any
 from model.preprocessing import TARGET_TRANSFORMS
 
 CHECKPOINT_SETTINGS = ("checkpoint_epochs", "checkpoint_seconds")   # when to save, not what is learned
+DATA_LOADING = ("auto", "memory", "stream")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -53,6 +54,10 @@ class TrainingConfig:
     checkpoint_seconds: int = _setting(300, "Also write a checkpoint when this many seconds have passed since "
                                             "the last one (0: no time trigger); both 0 turns checkpointing "
                                             "off: no checkpoint is read or written.")
+    data_loading: str = _setting("auto", "`auto`, `memory` or `stream`: read the channels into memory, or stream "
+                                         "them from disk in two or more passes (bounded memory, for data larger "
+                                         "than memory; always for Pipe mode); `auto` streams a channel too large "
+                                         "for memory.")
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +67,8 @@ class TrainingConfig:
             problems.append("device must be auto, cpu or cuda")
         if self.csv_header not in ("auto", "present", "absent"):
             problems.append("csv_header must be auto, present or absent")
+        if self.data_loading not in DATA_LOADING:
+            problems.append(f"data_loading must be one of {', '.join(DATA_LOADING)}")
         if any(width < 1 for width in self.hidden_layers):
             problems.append("hidden_layers widths must be positive integers")
         for name in ("epochs", "batch_size", "patience", "ensemble_size"):

@@ -147,3 +147,18 @@ def test_a_process_lost_mid_training_fails_the_others_with_a_clear_failure(tmp_p
     failure = (job / "output/failure").read_text().splitlines()[0]
     assert failure.startswith("algo-1 process 0 lost contact with the other processes during "), failure
     assert "see the other hosts' logs" in failure
+
+
+def test_two_processes_stream_the_data_and_write_one_model(tmp_path: pathlib.Path) -> None:
+    hyperparameters = {**FAST, "data_loading": "stream", "hidden_layers": "", "target_transform": "none"}
+    job = lay_out_job(tmp_path / "job", Job(hyperparameters=hyperparameters))
+    single = lay_out_job(tmp_path / "single", Job(hyperparameters=hyperparameters))
+    assert run_train(single).returncode == 0
+    result = run_train(job, HYPERPLANE_PROCESSES_PER_HOST="2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("streaming the channels from disk (data_loading=stream)") == 2   # both ranks
+    ours = json.loads((job / "output/data/metrics.json").read_text())
+    theirs = json.loads((single / "output/data/metrics.json").read_text())
+    assert ours["train"]["rows"] + ours["validation"]["rows"] == 200
+    # the linear model is least squares on the same held-out split, however the rows are shared
+    assert ours["train"]["rmse"] == pytest.approx(theirs["train"]["rmse"], rel=1e-6)
