@@ -14,7 +14,7 @@ probability at least L (and below L + 1/(n + 1)). A level needs k <= n, that is 
 calibration set of n rows cannot promise more.
 
 Caveat: the MLPs pick their best epoch on the validation loss, so their residuals there are very slightly
-optimistic; the linear model stops on its training loss, so for it the guarantee is exact.
+optimistic; the linear model is solved on the training rows alone, so for it the guarantee is exact.
 """
 
 from __future__ import annotations

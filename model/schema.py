@@ -107,6 +107,11 @@ def infer_schema(table: Table, target: str | None, categorical_columns: Sequence
 
 def _infer_kind(table: Table, name: str) -> Kind:
     values = table.columns[name]
+    try:   # fast path: every cell converts to a float (missing None included), so none is a word
+        values.astype(np.float64)
+        return Kind.NUMERIC
+    except (TypeError, ValueError):
+        pass
     present = [i for i, cell in enumerate(values) if not is_missing(cell)]
     words = [i for i in present if parse_number(values[i]) is None]
     if not words:

@@ -99,6 +99,8 @@ class Table:
         digest = hashlib.sha256()
         for name, values in self.columns.items():
             digest.update(name.encode() + b"\x1f")
-            for cell in values:
-                digest.update(repr(cell).encode() + b"\x1e")
+            # repr(cell) + 0x1e for every cell, joined first: one update per column, not one per cell. A
+            # numeric array (built in code; readers give object arrays) is hashed as its Python numbers.
+            cells = values if values.dtype == object else values.tolist()
+            digest.update("".join([f"{cell!r}\x1e" for cell in cells]).encode())
         return digest.hexdigest()

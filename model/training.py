@@ -3,10 +3,10 @@
     result = fit(train_table, TrainingConfig(hidden_layers=()), on_epoch=print)
 
 The validation rows come from the `validation` table or, without one, a seeded hold-out of the training
-table. Preprocessing is fitted on the training rows only. The linear model is solved to the least-squares
-optimum with full-batch L-BFGS (one L-BFGS step per epoch) and stops when the training loss no longer
-improves, as the closed form would. The MLPs train with AdamW on shuffled mini-batches and stop when the
-validation loss has not improved for `patience` epochs, keeping the best epoch's weights.
+table. Preprocessing is fitted on the training rows only. The linear model is solved exactly, in one
+epoch of one step: the normal equations summed in float64, solved by SVD for the minimum-norm
+least-squares weights (numpy.linalg.lstsq's answer). The MLPs train with AdamW on shuffled mini-batches
+and stop when the validation loss has not improved for `patience` epochs, keeping the best epoch's weights.
 Same seed and data, same model: the split, the initial weights and the batch order all come from `seed`,
 and torch runs in deterministic mode.
 
@@ -31,8 +31,8 @@ they compute together exactly what one process would on all the rows, up to floa
   of the batch it holds, the gradients are summed over ranks in one flat all-reduce and divided by the
   batch's rows, so every rank takes the same optimiser step a single process takes. (torch's
   DistributedDataParallel averages per-rank means, which differs from the batch mean whenever a batch
-  divides unevenly between ranks.) L-BFGS evaluates the full-batch loss the same way, so the linear model
-  stays exactly least squares.
+  divides unevenly between ranks.) The linear model's normal equations are sums too, all-reduced the
+  same way, so it stays exactly least squares.
 - Validation losses and metrics are sums over ranks, so early stopping is decided on the same numbers by
   every rank; rank 0 alone reads and writes checkpoints and hands the resumed state to the others; a
   SIGTERM on any rank stops all of them at the same step.
@@ -123,7 +123,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     validation_total = int(group.sum(np.array([len(x_val)]))[0])
 
     linear = not config.hidden_layers
-    steps: _Steps = (_LBFGSSteps(network, x_train, y_train, group, held) if linear else
+    steps: _Steps = (_LeastSquaresSteps(network, x_train, y_train, group, held) if linear else
                      _AdamWSteps(network, x_train, y_train, config, group, held))
     if checkpointing is not None and group.distributed:
         checkpointing = _shared_checkpointing(checkpointing, group)
@@ -167,13 +167,15 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         history.append(EpochReport(epoch, train_loss, val_loss, float(np.sqrt(sums[1]))))
         if on_epoch:
             on_epoch(history[-1])
-        # The linear model is least squares, so it runs to the training optimum; the MLPs stop early.
+        # The linear model is solved exactly in its first epoch; the MLPs stop early on the validation loss.
         # Rank 0's number decides for every rank: the sums are equal everywhere, and so must the decision be.
         monitored = group.broadcast(train_loss if linear else val_loss)
         best_loss = progress.best_loss
         if monitored < best_loss - 1e-9 * abs(best_loss if best_loss < float("inf") else 1.0):
             progress = _Progress(monitored, epoch, copy.deepcopy(network.state_dict()))
         elif epoch - progress.best_epoch >= config.patience:
+            break
+        if steps.converged:
             break
     network.load_state_dict(progress.best_state)
     network.eval().cpu()
@@ -279,44 +281,68 @@ class _Steps(Protocol):
 
     def batch_order(self) -> torch.Tensor | None: ...        # the batch-order generator's state
     def restore_batch_order(self, state: torch.Tensor | None) -> None: ...
+    @property
+    def converged(self) -> bool: ...                         # nothing left to learn: training ends
+
     def start_epoch(self) -> int: ...                        # draws the epoch's batches; their count
     def step(self, index: int) -> float: ...                 # one optimiser step; its row-weighted loss
     def epoch_loss(self, total: float) -> float: ...         # the epoch's mean training loss
 
 
-class _LBFGSSteps:
-    """Full-batch L-BFGS, one step per epoch. A convex problem: it reaches the least-squares optimum in a
-    few dozen iterations."""
+class _LeastSquaresSteps:
+    """The linear model solved in one step: the normal equations A^T A w = A^T y of the encoded rows with a
+    bias column, summed in float64 over row blocks (and over ranks: sums are all a rank contributes), then
+    solved by SVD for the minimum-norm solution (the one-hot columns of a categorical feature are collinear
+    with the bias, so A^T A is singular). The exact least-squares optimum, as numpy.linalg.lstsq gives it,
+    in one pass over the rows; no optimiser state, no batch order."""
+
+    BLOCK_ROWS = 65_536   # rows converted to float64 at a time: A^T A stays small whatever the rows
 
     def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, group: Group,
                  share: _RowShare) -> None:
-        self.optimizer = torch.optim.LBFGS(
-            network.parameters(), lr=1.0, max_iter=20, history_size=50, tolerance_grad=1e-10,
-            tolerance_change=1e-14, line_search_fn="strong_wolfe")
-        self._network, self._x, self._y, self._group, self._share = network, x, y, group, share
+        layer = next(module for module in network.modules() if isinstance(module, nn.Linear))
+        self.optimizer = torch.optim.SGD(network.parameters(), lr=0.0)   # what a checkpoint records: nothing
+        self._layer, self._x, self._y, self._group, self._share = layer, x, y, group, share
+        self.converged = False
 
     def batch_order(self) -> torch.Tensor | None:
         return None
 
     def restore_batch_order(self, state: torch.Tensor | None) -> None:
         if state is not None:
-            raise ValueError("an L-BFGS run has no batch order")
+            raise ValueError("a least-squares run has no batch order")
 
     def start_epoch(self) -> int:
         return 1
 
     def step(self, index: int) -> float:
-        return float(self.optimizer.step(self._closure).detach())
+        columns = self._x.shape[1] + 1
+        gram = torch.zeros(columns, columns, dtype=torch.float64, device=self._x.device)
+        moment = torch.zeros(columns, dtype=torch.float64, device=self._x.device)
+        for start in range(0, len(self._x), self.BLOCK_ROWS):
+            block = self._design(start)
+            gram += block.T @ block
+            moment += block.T @ self._y[start:start + self.BLOCK_ROWS].double()
+        self._group.sum_tensors_([gram, moment])
+        if gram.device.type == "cpu":
+            weights = torch.linalg.lstsq(gram, moment[:, None], driver="gelsd").solution[:, 0]
+        else:   # gelsd is CPU-only; the pseudo-inverse is the same minimum-norm solution
+            weights = torch.linalg.pinv(gram, hermitian=True) @ moment
+        with torch.no_grad():
+            self._layer.weight.copy_(weights[:-1].to(self._layer.weight.dtype)[None, :])
+            self._layer.bias.copy_(weights[-1:].to(self._layer.bias.dtype))
+            squared = sum(float(((self._layer(self._x[start:start + self.BLOCK_ROWS])[:, 0]
+                                  - self._y[start:start + self.BLOCK_ROWS]).double() ** 2).sum())
+                          for start in range(0, len(self._x), self.BLOCK_ROWS))
+        self.converged = True
+        return float(self._group.sum(np.array([squared]))[0]) / max(self._share.total, 1)
 
     def epoch_loss(self, total: float) -> float:
         return total
 
-    def _closure(self) -> torch.Tensor:
-        self.optimizer.zero_grad()
-        loss = _member_loss(self._network(self._x), self._y, self._share.total)
-        loss.backward()
-        # every rank gets the full-batch loss and gradient, so L-BFGS takes the same path on all of them
-        return torch.tensor(_sum_gradients(self._network, loss, self._group), dtype=loss.dtype)
+    def _design(self, start: int) -> torch.Tensor:
+        block = self._x[start:start + self.BLOCK_ROWS].double()
+        return torch.cat([block, torch.ones(len(block), 1, dtype=torch.float64, device=block.device)], dim=1)
 
 
 class _AdamWSteps:
@@ -330,6 +356,7 @@ class _AdamWSteps:
         self._network, self._x, self._y, self._batch_size = network, x, y, config.batch_size
         self._group, self._share = group, share
         self._batches: list[torch.Tensor] = []
+        self.converged = False   # mini-batch training ends by early stopping or the epoch limit
 
     def batch_order(self) -> torch.Tensor | None:
         return self._order.get_state()

@@ -151,8 +151,8 @@ def test_two_ranks_linear_model_is_still_least_squares(split_cars: tuple[Table, 
     weights, *_ = np.linalg.lstsq(features, goal, rcond=None)
     reference = float(np.sqrt(np.mean((features @ weights - goal) ** 2)))
     ours = float(np.sqrt(np.mean((regressor.predict(rows.without("Price")) - goal) ** 2)))
-    assert abs(ours - reference) / reference < 1e-3
-    assert outcomes[0][1]["metrics"]["train"]["rmse"] == pytest.approx(single.metrics["train"]["rmse"], rel=1e-3)
+    assert abs(ours - reference) / reference < 1e-6
+    assert outcomes[0][1]["metrics"]["train"]["rmse"] == pytest.approx(single.metrics["train"]["rmse"], rel=1e-6)
 
 
 def test_a_bad_value_on_one_rank_fails_both_with_its_row(split_cars: tuple[Table, Table]) -> None:
