@@ -5,8 +5,9 @@
 Runs `train` and `serve` from this source tree with the Python that holds CUDA torch (a GPU machine
 without Docker, such as the device machines DEVELOPERS.md describes; the CUDA images run the same code):
 1. the used cars, split 80/20: the default model trained on one GPU, on the CPU, and with one process per
-   GPU (torch.distributed, NCCL; the same as one GPU when the machine has one), each with its held-out
-   RMSE and wall time;
+   GPU (torch.distributed, NCCL; the same as one GPU when the machine has one), the linear model (its
+   least-squares solve) and the default model streamed from disk (data_loading=stream) on the GPU, each
+   with its held-out RMSE and wall time;
 2. a synthetic used-car set of SYNTHETIC_ROWS rows: training throughput (rows/s over the epochs after the
    first) on the GPU and on the CPU;
 3. `serve` on the GPU with two workers (worker i on GPU i mod n): the device each worker loaded on,
@@ -67,7 +68,10 @@ def main() -> int:
         jobs = {"one GPU": ({"device": "cuda"}, {}),
                 "CPU": ({"device": "cpu"}, {}),
                 f"one process per GPU ({gpus})": ({"device": "cuda"},
-                                                  {"HYPERPLANE_PROCESSES_PER_HOST": str(gpus)})}
+                                                  {"HYPERPLANE_PROCESSES_PER_HOST": str(gpus)}),
+                "linear model, one GPU": ({"device": "cuda", "hidden_layers": ""}, {}),
+                "linear model, CPU": ({"device": "cpu", "hidden_layers": ""}, {}),
+                "streamed from disk, one GPU": ({"device": "cuda", "data_loading": "stream"}, {})}
         for name, (hyperparameters, env) in jobs.items():
             job = _lay_out(work / re.sub(r"\W+", "-", name), header, train_lines, hyperparameters)
             outcome = _train(job, env)
