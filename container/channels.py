@@ -57,6 +57,17 @@ def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None,
     """Reads the channels listed in inputdataconfig.json, or the folders under input/data without one.
     `max_bytes` bounds each channel's text (after decompression); default: channel_byte_budget()."""
     max_bytes = channel_byte_budget() if max_bytes is None else max_bytes
+    train_name, configs = channel_configs(paths, input_config)
+    tables = {name: read_channel(paths.channel(name), name, config, csv_header, root=paths.root,
+                                 max_bytes=max_bytes)
+              for name, config in configs.items()}
+    train = tables[train_name]
+    return Channels(train, *(_aligned(tables.get(name), train, name) for name in ("validation", "test")))
+
+
+def channel_configs(paths: SageMakerPaths, input_config: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(the training channel's name, every channel's config): inputdataconfig.json's channels, or the folders
+    under input/data without one; ChannelError for an unknown channel or no (or two) training channels."""
     configs = dict(input_config) if input_config is not None else discover_channels(paths)
     unknown = sorted(set(configs) - set(KNOWN_CHANNELS))
     if unknown:
@@ -67,11 +78,23 @@ def read_channels(paths: SageMakerPaths, input_config: Mapping[str, Any] | None,
         raise ChannelError("no training data: give a channel named 'train' (or 'training')")
     if len(named) > 1:
         raise ChannelError("both 'train' and 'training' channels were given; use one of them")
-    tables = {name: read_channel(paths.channel(name), name, channel_config(configs[name], name), csv_header,
-                                 root=paths.root, max_bytes=max_bytes)
-              for name in configs}
-    train = tables[named[0]]
-    return Channels(train, *(_aligned(tables.get(name), train, name) for name in ("validation", "test")))
+    return named[0], {name: channel_config(value, name) for name, value in configs.items()}
+
+
+def channel_files(folder: pathlib.Path, name: str, root: pathlib.Path | None) -> list[pathlib.Path]:
+    """The channel's files in sorted path order, hidden ones skipped; with `root`, the folder and every file
+    must resolve inside it (ChannelError for a link out of the job's tree), and so must a missing or empty
+    folder fail."""
+    if root is not None:
+        inside_job(folder, root, f"the folder of channel {name!r}")
+    if not folder.is_dir():
+        raise ChannelError(f"channel {name!r} has no data: the folder {folder} does not exist")
+    # rglob does not descend into linked folders; linked files are checked one by one below.
+    files = sorted(p for p in folder.rglob("*") if not p.name.startswith(".") and
+                   (root is None or inside_job(p, root, f"{p.relative_to(folder.parent)}")) and p.is_file())
+    if not files:
+        raise ChannelError(f"channel {name!r} is empty: no files in {folder}")
+    return files
 
 
 def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv_header: str,
@@ -83,15 +106,7 @@ def read_channel(folder: pathlib.Path, name: str, config: Mapping[str, Any], csv
     if mode == "Pipe":
         raise ChannelError(f"channel {name!r} uses Pipe input mode, which is streamed, not read into memory "
                            "(data_loading=auto or stream)")
-    if root is not None:
-        inside_job(folder, root, f"the folder of channel {name!r}")
-    if not folder.is_dir():
-        raise ChannelError(f"channel {name!r} has no data: the folder {folder} does not exist")
-    # rglob does not descend into linked folders; linked files are checked one by one below.
-    files = sorted(p for p in folder.rglob("*") if not p.name.startswith(".") and
-                   (root is None or inside_job(p, root, f"{p.relative_to(folder.parent)}")) and p.is_file())
-    if not files:
-        raise ChannelError(f"channel {name!r} is empty: no files in {folder}")
+    files = channel_files(folder, name, root)
     content_type = str(config.get("ContentType") or "").split(";")[0].strip().lower()
     if content_type and content_type not in CSV_TYPES | JSONLINES_TYPES:
         raise ChannelError(f"channel {name!r} has ContentType {content_type!r}; hyperplane reads text/csv and "
@@ -121,12 +136,14 @@ def _read_file(path: pathlib.Path, label: pathlib.PurePath, content_type: str,
     if not text.strip():
         log.warning("skipping empty file %s", label)
         return None
-    if _is_jsonlines(path, text, content_type):
+    if is_jsonlines(path, text, content_type):
         return _parse_jsonlines(text, label)
     return _parse_csv(text, label, csv_header)
 
 
-def _is_jsonlines(path: pathlib.Path, text: str, content_type: str) -> bool:
+def is_jsonlines(path: pathlib.Path, text: str, content_type: str) -> bool:
+    """ContentType decides, then the name (.gz aside), then the first character of `text` (the file's
+    text or just its first line)."""
     if content_type:
         return content_type in JSONLINES_TYPES
     suffixes = [s for s in path.suffixes if s != ".gz"]

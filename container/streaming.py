@@ -58,15 +58,13 @@ from container.channels import (
     CSV_TYPES,
     HEADER_SNIFF_ROWS,
     JSONLINES_TYPES,
-    KNOWN_CHANNELS,
-    TRAIN_NAMES,
     ChannelError,
-    channel_config,
-    discover_channels,
-    inside_job,
+    channel_byte_budget,
+    channel_configs,
+    channel_files,
+    is_jsonlines,
     json_kind,
     looks_like_header,
-    channel_byte_budget,
 )
 from container.paths import SageMakerPaths
 from model.config import TrainingConfig
@@ -135,16 +133,7 @@ class ChannelStream:
         return path.relative_to(self.folder.parent)
 
     def _files(self) -> list[pathlib.Path]:
-        folder, root = self.folder, self.root
-        if root is not None:
-            inside_job(folder, root, f"the folder of channel {self.name!r}")
-        if not folder.is_dir():
-            raise ChannelError(f"channel {self.name!r} has no data: the folder {folder} does not exist")
-        files = sorted(p for p in folder.rglob("*") if not p.name.startswith(".") and
-                       (root is None or inside_job(p, root, f"{p.relative_to(folder.parent)}")) and p.is_file())
-        if not files:
-            raise ChannelError(f"channel {self.name!r} is empty: no files in {folder}")
-        return files
+        return channel_files(self.folder, self.name, self.root)
 
     def _reference_names(self, files: list[pathlib.Path], content_type: str) -> list[str] | None:
         """The channel's column names, from the first file with a header (channels.py's _stack rule);
@@ -176,7 +165,7 @@ class ChannelStream:
                     log.warning("skipping empty file %s", label)
                 return
             stream = itertools.chain(head, lines)
-            if _is_jsonlines(path, head[-1], content_type):
+            if is_jsonlines(path, head[-1], content_type):
                 blocks = _jsonlines_blocks(stream, label, self.chunk_rows)
             else:
                 blocks = _csv_blocks(stream, self.csv_header, pipe, self.chunk_rows)
@@ -337,18 +326,6 @@ def _json_values(lines: Iterable[str], label: pathlib.PurePath) -> Iterator[tupl
         yield number, value, f"{label} line {number}"
 
 
-def _is_jsonlines(path: pathlib.Path, first_line: str, content_type: str) -> bool:
-    """channels.py's rule: ContentType, then the name (.gz aside), then the first character."""
-    if content_type:
-        return content_type in JSONLINES_TYPES
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    if suffixes and suffixes[-1] in (".jsonl", ".json", ".ndjson"):
-        return True
-    if suffixes and suffixes[-1] in (".csv", ".txt"):
-        return False
-    return first_line.lstrip()[:1] == "{"
-
-
 def _positional(names: list[str]) -> bool:
     return names == [f"c{i}" for i in range(len(names))]
 
@@ -404,21 +381,6 @@ def _open_fifo(path: pathlib.Path, channel: str, timeout: float) -> Iterator[io.
 
 # ----------------------------------------------------------------------------------------------------
 # The job: which channels, streamed or not, and the streamed training itself.
-
-
-def channel_configs(paths: SageMakerPaths, input_config: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """(the training channel's name, every channel's config), with read_channels()'s checks."""
-    configs = dict(input_config) if input_config is not None else discover_channels(paths)
-    unknown = sorted(set(configs) - set(KNOWN_CHANNELS))
-    if unknown:
-        raise ChannelError(f"unknown channel {unknown[0]!r}; hyperplane reads the channels train (or "
-                           "training), validation and test")
-    named = [name for name in TRAIN_NAMES if name in configs]
-    if not named:
-        raise ChannelError("no training data: give a channel named 'train' (or 'training')")
-    if len(named) > 1:
-        raise ChannelError("both 'train' and 'training' channels were given; use one of them")
-    return named[0], {name: channel_config(value, name) for name, value in configs.items()}
 
 
 def streaming_reason(paths: SageMakerPaths, input_config: Mapping[str, Any] | None, config: TrainingConfig,
