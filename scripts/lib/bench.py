@@ -121,11 +121,26 @@ def main() -> None:
         import bench_compare
 
         results["training"] = bench_compare.training(LAPTOP_MLP)
+    carry_over(results, WORK / "results.json")
     (WORK / "results.json").write_text(json.dumps(results, indent=1))
     table = render(results)
     print(table)
     if not args.no_write:
         write_section(table)
+
+
+def carry_over(results: dict[str, Any], previous_path: pathlib.Path) -> None:
+    """The MLflow and training parts of the previous run, when this run skipped them, so that a serving-only
+    run does not drop their tables; each is marked with the date and command it came from."""
+    try:
+        previous = json.loads(previous_path.read_text())
+    except (OSError, ValueError):
+        return
+    for part in ("mlflow", "training"):
+        if part not in results and part in previous:
+            results[part] = previous[part]
+            origin = previous.get("carried", {}).get(part) or f"{previous['date']}, `{previous['command']}`"
+            results.setdefault("carried", {})[part] = origin
 
 
 # ---------- set-up ----------
@@ -517,7 +532,8 @@ def render(results: dict[str, Any]) -> str:
     if "mlflow" in results:
         lines += ["", "### Single-row CSV against MLflow's pyfunc scoring server (both on the host, no Docker; "
                   "the same artifact, `mlflow models serve --env-manager local -w N`, a pyfunc calling "
-                  "Regressor.predict; the same body, a header line and one row)", "",
+                  "Regressor.predict; the same body, a header line and one row)"
+                  + carried(results, "mlflow"), "",
                   "| workers | client | concurrency | hyperplane req/s | MLflow req/s | ratio | p50 / p99 ms "
                   "| MLflow p50 / p99 ms |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {row['workers']} | {row['client']} | {row['c']} | {row['server_rps']:.0f} | "
@@ -525,12 +541,18 @@ def render(results: dict[str, Any]) -> str:
                   f"{row['floor_p50']:.2f} / {row['floor_p99']:.2f} |" for row in results["mlflow"]]
     if "training" in results:
         lines += ["", "### Training (seeded 80/20 split, held-out RMSE in the target's units, wall time of the "
-                  "fit on this machine)", "", "| data | model | wall time s | RMSE |", "|---|---|---|---|"]
+                  "fit on this machine)" + carried(results, "training"), "", "| data | model | wall time s | RMSE |",
+                  "|---|---|---|---|"]
         for data, models in results["training"].items():
             lines += [f"| {data} | {name} | {seconds:.1f} | {error:.2f} |"
                       for name, (seconds, error) in models.items()]
     lines += ["", *verdicts(results)]
     return "\n".join(lines) + "\n"
+
+
+def carried(results: dict[str, Any], part: str) -> str:
+    origin = results.get("carried", {}).get(part)
+    return f" (not rerun: carried over from {origin})" if origin else ""
 
 
 def verdicts(results: dict[str, Any]) -> list[str]:

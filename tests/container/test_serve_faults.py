@@ -74,7 +74,8 @@ def test_load_with_a_worker_killed(container: ServeContainer) -> None:
     assert all(o.started <= kill["done"] + 0.5 for o in result.failures), result.failures
     # never a 503; a ping the killed worker had accepted is lost with it, like any request it held
     unanswered = [p for p in probe.pings if p.status is None]
-    assert probe.statuses()[200] + len(unanswered) == len(probe.pings) >= 20, probe.statuses()
+    # the probe pinged all through the load (2,000 requests take about a second, more on a busy machine)
+    assert probe.statuses()[200] + len(unanswered) == len(probe.pings) >= 10, probe.statuses()
     assert len(unanswered) <= 1 and all(p.at <= kill["done"] + 0.5 for p in unanswered), unanswered
     assert max(p.latency for p in probe.pings if p.status == 200) < PING_LIMIT_S
     assert f"Worker (pid:{victim}) was sent SIGKILL" in container.logs()
