@@ -52,7 +52,10 @@ class Preprocessor:
         rows = table.n_rows
         out = np.zeros((rows, plan.width), dtype=np.float32)
         if plan.numeric_names:
-            out[:, plan.numeric_positions] = self._scaled_numbers(table, plan)
+            # a finite value beyond float32's range becomes inf here, and its prediction a non-finite number
+            # that serving refuses with the row (container/serving): no warning needed on the way
+            with np.errstate(over="ignore"):
+                out[:, plan.numeric_positions] = self._scaled_numbers(table, plan)
         every_row = np.arange(rows)
         for name, position, index in plan.categorical:
             column = table.columns[name]
@@ -100,7 +103,8 @@ class Preprocessor:
 
     def decode_target(self, scaled: np.ndarray) -> np.ndarray:
         values = scaled.astype(np.float64) * self.target_scale[1] + self.target_scale[0]
-        return np.exp(values) if self.target_transform == "log" else values
+        with np.errstate(over="ignore"):   # inf, as above: the caller judges non-finite predictions
+            return np.exp(values) if self.target_transform == "log" else values
 
     def _transform(self, values: np.ndarray) -> np.ndarray:
         return np.log(values) if self.target_transform == "log" else values
