@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,26 +174,33 @@ def looks_like_header(first: list[str], rest: list[list[str]]) -> bool:
     return any(parse_number(row[i]) is not None for row in sample for i in range(min(len(row), len(first))))
 
 
-def _parse_jsonlines(text: str, label: pathlib.PurePath) -> Table:
-    records: list[dict[str, Cell]] = []
-    rows: list[list[Cell]] = []
-    labels = []
-    for number, line in enumerate(text.splitlines(), start=1):
+def json_lines(lines: Iterable[str], label: pathlib.PurePath) -> Iterator[tuple[int, Any, str]]:
+    """(line number, JSON object or array, row label) for each non-blank line; ChannelError for a line that
+    is not JSON or holds another kind of value (named by its kind, never quoted)."""
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:
             raise ChannelError(f"{label} line {number}: not valid JSON ({error.msg})") from error
-        if isinstance(value, dict):
-            records.append(value)
-        elif isinstance(value, list):
-            rows.append(value)
-        else:
+        if not isinstance(value, dict | list):
             # The kind of value, never the line: a line is a row (a JSON string may hold a whole CSV row).
             raise ChannelError(f"{label} line {number}: expected a JSON object or array, got a JSON "
                                f"{json_kind(value)}")
-        labels.append(f"{label} line {number}")
+        yield number, value, f"{label} line {number}"
+
+
+def _parse_jsonlines(text: str, label: pathlib.PurePath) -> Table:
+    records: list[dict[str, Cell]] = []
+    rows: list[list[Cell]] = []
+    labels = []
+    for number, value, where in json_lines(text.splitlines(), label):
+        if isinstance(value, dict):
+            records.append(value)
+        else:
+            rows.append(value)
+        labels.append(where)
         if records and rows:
             raise ChannelError(f"{label} line {number}: mixes JSON objects and arrays; use one form per file")
     for cells, where in zip((*records, *rows), labels, strict=True):   # one kind per file: in line order

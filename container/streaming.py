@@ -41,7 +41,6 @@ import csv
 import gzip
 import io
 import itertools
-import json
 import logging
 import os
 import pathlib
@@ -64,6 +63,7 @@ from container.channels import (
     channel_files,
     is_jsonlines,
     json_kind,
+    json_lines,
     looks_like_header,
 )
 from container.paths import SageMakerPaths
@@ -266,7 +266,7 @@ def _jsonlines_blocks(lines: Iterable[str], label: pathlib.PurePath,
                       size: int) -> Iterator[tuple[list[str], list[list[Cell]], list[int]]]:
     """(names, rows, line numbers) in blocks of up to `size` rows; the names of objects are the keys of the
     first `size` lines."""
-    parsed = _json_values(lines, label)
+    parsed = json_lines(lines, label)
     head = list(itertools.islice(parsed, size))
     if not head:
         return
@@ -309,21 +309,6 @@ def _jsonlines_blocks(lines: Iterable[str], label: pathlib.PurePath,
             rows, numbers = [], []
     if rows:
         yield names, rows, numbers
-
-
-def _json_values(lines: Iterable[str], label: pathlib.PurePath) -> Iterator[tuple[int, Any, str]]:
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ChannelError(f"{label} line {number}: not valid JSON ({error.msg})") from error
-        if not isinstance(value, dict | list):
-            # The kind of value, never the line: a line is a row (a JSON string may hold a whole CSV row).
-            raise ChannelError(f"{label} line {number}: expected a JSON object or array, got a JSON "
-                               f"{json_kind(value)}")
-        yield number, value, f"{label} line {number}"
 
 
 def _positional(names: list[str]) -> bool:
