@@ -163,7 +163,7 @@ def _local_process(root: str, hyperparameters: dict[str, Any], cluster: Cluster,
 def _wait_for(processes: list[multiprocessing.process.BaseProcess]) -> None:
     for process in processes:
         process.join(timeout=60)
-        if process.is_alive():   # rank 0 has ended, so its peers' collectives can only fail
+        if process.is_alive():   # this host's local rank 0 has ended, so the collectives left can only fail
             log.warning("%s is still running after rank 0 ended: stopping it", process.name)
             process.kill()
             process.join()
