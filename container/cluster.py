@@ -30,10 +30,10 @@ import os
 import pathlib
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -48,6 +48,7 @@ MASTER_PORT = 7777
 RENDEZVOUS_TIMEOUT_S = 300.0
 COLLECTIVE_TIMEOUT_S = 1800.0
 _NET = pathlib.Path("/sys/class/net")
+N = TypeVar("N", int, float)
 
 
 class ClusterError(JobError):
@@ -200,26 +201,23 @@ def _is_up(interface: pathlib.Path) -> bool:
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    text = environ.get(name)
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ClusterError(f"{name} must be a positive integer, got {text!r}")
-    return value
+    return _positive(environ, name, default, int, "a positive integer")
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    return _positive(environ, name, default, float, "a positive number of seconds")
+
+
+def _positive(environ: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], what: str) -> N:
+    """The variable's value read by `parse` (the default when unset or empty); ClusterError naming it when
+    it does not parse or is not above 0."""
     text = environ.get(name)
     if not text:
         return default
     try:
-        value = float(text)
+        value = parse(text)
     except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise ClusterError(f"{name} must be a positive number of seconds, got {text!r}")
+        value = None
+    if value is None or not value > 0:
+        raise ClusterError(f"{name} must be {what}, got {text!r}")
     return value

@@ -79,9 +79,13 @@ CONFIG_FILE_LIMIT = 1024 * 1024   # hyperparameters.json holds at most 100 value
 
 
 def main() -> None:
+    _configure_logging()
+    sys.exit(run(SageMakerPaths.from_environ()))
+
+
+def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
-    sys.exit(run(SageMakerPaths.from_environ()))
 
 
 def run(paths: SageMakerPaths, environ: Mapping[str, str] = os.environ) -> int:
@@ -147,8 +151,7 @@ def _start_local_processes(paths: SageMakerPaths, hyperparameters: Mapping[str, 
 
 
 def _local_process(root: str, hyperparameters: dict[str, Any], cluster: Cluster, local_rank: int) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    _configure_logging()
     paths = SageMakerPaths(pathlib.Path(root))
     try:
         with stop_on_sigterm() as stop:
