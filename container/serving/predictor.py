@@ -37,6 +37,7 @@ from container.serving.codecs import InputSchema
 from container.serving.errors import InvalidInput
 from container.serving.limits import RequestLimits
 from container.serving.options import NO_OPTIONS, RequestOptions, request_options
+from container.serving.plainrow import plain_row
 from container.serving.readiness import ReadinessBoard
 from container.serving.servable import Answer, LoadError, RequestInfo, Servable
 from container.serving.settings import ServingSettings
@@ -68,7 +69,7 @@ class Predictor:
         self.lock = threading.Lock()
         self._explainer: Explainer | None = None   # made by the first request with explain=true
         self._content_types = {mimetype: get_content_type(mimetype, "utf-8") for mimetype in codecs.OUTPUT_TYPES}
-        regressor.network.eval()   # once here; Regressor.predict then skips it (it walks every module)
+        regressor.freeze()   # eval mode once here, and no per-call look at the weights (Regressor.freeze)
 
     def check(self, request: RequestInfo) -> None:
         codecs.require_input_type(request.mimetype, request.content_type, self.schema)
@@ -85,15 +86,28 @@ class Predictor:
         """invoke after the headers are read: the body of `mimetype` answered in `response_type`. The
         fast path (fastpath.py) calls it directly for requests without parameters or attributes."""
         try:
-            table = codecs.decode(body, mimetype, params, self.schema)
-            self.limits.check_rows(table.n_rows)
-            predictions = self.predict(table)
-            extras = self._extras(table, predictions, options) if options is not NO_OPTIONS else None
+            if not params and options is NO_OPTIONS and (encoded := self._plain_row(body, mimetype)) is not None:
+                self.limits.check_rows(1)
+                rows, predictions, extras = 1, self.regressor.predict_encoded(encoded), None
+            else:
+                table = codecs.decode(body, mimetype, params, self.schema)
+                rows = table.n_rows
+                self.limits.check_rows(rows)
+                predictions = self.predict(table)
+                extras = self._extras(table, predictions, options) if options is not NO_OPTIONS else None
             payload = codecs.encode(predictions, response_type, final_newline=not self.batch, extras=extras)
         except DataError as error:
             raise InvalidInput.from_data_error(error) from None
         content_type = self._content_types.get(response_type) or get_content_type(response_type, "utf-8")
-        return Answer(payload, content_type, rows=table.n_rows)
+        return Answer(payload, content_type, rows=rows)
+
+    def _plain_row(self, body: bytes, mimetype: str) -> np.ndarray | None:
+        """The encoded row of a body holding one row in its plainest spelling (plainrow.py) whose cells
+        encode without the general handling (Preprocessor.encode_row); None sends the body through
+        codecs.decode and a Table. Same predictions either way: encode_row makes encode's bits, and
+        predict_encoded is what predict runs."""
+        cells = plain_row(body, mimetype, self.schema)
+        return None if cells is None else self.regressor.preprocessor.encode_row(cells)
 
     def _options(self, request: RequestInfo, response_type: str) -> RequestOptions:
         options = request_options(request.attributes, self.regressor.calibration,

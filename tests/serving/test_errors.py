@@ -195,10 +195,10 @@ def test_unlimited_payload(client_for: ClientFactory, mixed_model: Regressor) ->
 def test_a_bug_is_a_logged_500_without_traceback_in_the_body(client: FlaskClient, mixed_model: Regressor,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    def broken(self: Predictor, table: object) -> None:
+    def broken(self: Regressor, encoded: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(Predictor, "predict", broken)
+    monkeypatch.setattr(Regressor, "predict_encoded", broken)   # where every request's rows are computed
     with caplog.at_level(logging.ERROR, logger="hyperplane.serve"):
         error = _error(client.post("/invocations", data=csv_body(ROWS[:1]), content_type="text/csv"), 500)
     assert "secret" not in json.dumps(error)
