@@ -51,10 +51,8 @@ def _csv_row(text: str, schema: InputSchema) -> Sequence[Cell] | None:
     cells = line.split(",")
     if len(cells) != len(schema.feature_names):
         return None
-    known = schema.known_names
-    if any(cell.strip() in known for cell in cells):   # a header names at least half its fields
-        return None
-    return cells
+    # a header names at least half its fields; a data row none
+    return cells if schema.known_names.isdisjoint(map(str.strip, cells)) else None
 
 
 def _json(text: str) -> Any:

@@ -120,7 +120,8 @@ def mlflow_model(model_dir: pathlib.Path) -> pathlib.Path:
 
 def mlflow(model_dir: pathlib.Path, body: bytes, repeats: int, seconds: float,
            measures: dict[str, Callable[..., dict[str, float]]], free_port: Callable[[], int]) -> list[dict[str, Any]]:
-    """Rows like bench.single_row's, with "floor" being MLflow: ratio = hyperplane req/s / MLflow req/s."""
+    """Rows like bench.single_row's, with "floor" being MLflow: ratio = hyperplane req/s / MLflow req/s; and
+    "ceiling": the same worker class and count answering a constant (bench.py's floor app), on the host."""
     import statistics
 
     folder = mlflow_model(model_dir)
@@ -137,8 +138,15 @@ def mlflow(model_dir: pathlib.Path, body: bytes, repeats: int, seconds: float,
                   "BENCH_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
         ml = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(folder), "-p", str(theirs), "-h",
               "127.0.0.1", "--env-manager", "local", "-w", str(workers)]
+        # the ceiling: gunicorn with hyperplane's worker class and count and a constant answer (bench.py's floor
+        # app): no server of this class answers faster, so a ratio to MLflow above ceiling/MLflow is unreachable
+        ceiling = free_port()
+        constant = [str(ROOT / ".venv" / "bin" / "python"), "-m", "gunicorn", "-w", str(workers), "-k",
+                    "container.serving.worker.PingLaneWorker", "--threads", "8", "--keep-alive", "60", "-b",
+                    f"127.0.0.1:{ceiling}", "--chdir", str(WORK), "floor:app"]
         with _process(serve, serve_env, ours, "/ping", WORK / f"serve-{workers}.log"), \
-                _process(ml, ml_env, theirs, "/ping", WORK / f"mlflow-{workers}.log"):
+                _process(ml, ml_env, theirs, "/ping", WORK / f"mlflow-{workers}.log"), \
+                _process(constant, {"PYTHONPATH": str(ROOT)}, ceiling, "/ping", WORK / f"ceiling-{workers}.log"):
             answers = []
             for port in (ours, theirs):
                 import http.client
@@ -147,12 +155,12 @@ def mlflow(model_dir: pathlib.Path, body: bytes, repeats: int, seconds: float,
                 response = connection.getresponse()
                 answers.append((response.status, response.read()))
             log(f"mlflow -w {workers}: hyperplane answers {answers[0]}, MLflow answers {answers[1]}")
-            for port in (ours, theirs):   # warm every worker
+            for port in (ours, theirs, ceiling):   # warm every worker
                 measures["wrk"](port, "text/csv", body, 8, 1)
             for client, connections in (("wrk", 1), ("wrk", 8), ("wrk", 32), ("python", 8)):
-                runs: dict[str, list[dict[str, float]]] = {"server": [], "floor": []}
+                runs: dict[str, list[dict[str, float]]] = {"server": [], "floor": [], "ceiling": []}
                 for _ in range(repeats):
-                    for name, port in (("server", ours), ("floor", theirs)):
+                    for name, port in (("server", ours), ("floor", theirs), ("ceiling", ceiling)):
                         runs[name].append(measures[client](port, "text/csv", body, connections, seconds))
                 ratios = [s["rps"] / f["rps"] for s, f in zip(runs["server"], runs["floor"], strict=True)]
                 row = {"workers": workers, "client": client, "c": connections, "ratio": statistics.median(ratios),
