@@ -5,6 +5,8 @@ is moved so that every body goes through one path or the other."""
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import struct
 from typing import Any
@@ -142,3 +144,50 @@ def test_a_number_column_with_a_missing_or_bad_cell_is_left_as_text(cell: str) -
 def test_anything_unusual_is_left_to_the_csv_module(body: bytes) -> None:
     fields = csvcolumns.split(body)
     assert fields is None or fields.strings(1) is None
+
+
+CELLS = st.text(alphabet="0123456789.-+e _ab\t", max_size=10) | st.integers(0, 10 ** 16).map(str)
+
+
+@settings(max_examples=400, deadline=None)
+@given(rows=st.lists(st.lists(CELLS, min_size=1, max_size=4), min_size=1, max_size=8),
+       ending=st.sampled_from(["", "\n", "\n\n", "\r\n", "\n\r\n"]), crlf=st.booleans(),
+       odd=st.sampled_from(["", "empty line", "leading newline", "lone cr", "quote"]))
+def test_split_gives_the_cells_csv_reader_gives(rows: list[list[str]], ending: str, crlf: bool, odd: str) -> None:
+    """Any width, single columns included (where an empty line is a cell count of one, not of zero):
+    whatever split accepts, its strings are csv.reader's cells and its numbers float() of them."""
+    width = len(rows[0])
+    lines = [",".join((row + [""] * width)[:width]) for row in rows]
+    if odd == "empty line":
+        lines.insert(len(lines) // 2, "")
+    text = ("\n" if odd == "leading newline" else "") + "\n".join(lines) + ending
+    text = text.replace("\n", "\r\n") if crlf else text
+    text = text.replace("1", "\r", 1) if odd == "lone cr" else text.replace("a", '"', 1) if odd == "quote" else text
+    fields = csvcolumns.split(text.encode())
+    if fields is None:
+        return
+    expected = list(csv.reader(io.StringIO(text.rstrip("\r\n")), strict=True))
+    assert fields.lines == len(expected) and all(len(row) == fields.width for row in expected)
+    for first_row in {0, min(1, fields.lines - 1)}:
+        for column in range(fields.width):
+            cells = [row[column] for row in expected[first_row:]]
+            strings = fields.strings(column, first_row)
+            assert strings is not None and strings.tolist() == cells
+            numbers = fields.numbers(column, first_row)
+            if all(cell.isdigit() and len(cell) <= 15 for cell in cells):
+                assert numbers is not None
+            if numbers is not None:
+                assert [struct.pack("d", v) for v in numbers.tolist()] == [struct.pack("d", float(c)) for c in cells]
+    assert fields.line(0) == expected[0]
+
+
+def test_short_and_long_category_cells_and_missing_ones() -> None:
+    """Cells of up to eight bytes are told apart as integers, longer ones as byte strings; both give
+    every distinct text once, empty cells as ""."""
+    words = ["", "a", "Petrol", "12345678", "123456789", "CNG", "Diesel", "a b", "x" * 40]
+    rows = [[words[i % len(words)], words[(i * 7) % 4]] for i in range(200)]
+    fields = csvcolumns.split(("\n".join(",".join(row) for row in rows) + "\n").encode())
+    assert fields is not None
+    for column in (0, 1):
+        strings = fields.strings(column)
+        assert strings is not None and strings.tolist() == [row[column] for row in rows]

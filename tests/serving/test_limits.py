@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
+from container.serving.errors import TooLarge
 from container.serving.limits import RequestLimits, longest_line
 from container.serving.settings import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_ROWS, ServingSettings, SettingsError
 from model.regressor import Regressor
@@ -59,6 +60,19 @@ def test_line_and_row_counting() -> None:
     limits.check_rows(3)
     with pytest.raises(Exception, match=r"4 rows, more than the 3 .*HYPERPLANE_MAX_ROWS"):
         limits.check_rows(4)
+
+
+@pytest.mark.parametrize("max_line_bytes", [None, 4, 1000])
+def test_line_counting_is_the_same_whether_or_not_the_body_is_scanned_for_long_lines(
+        max_line_bytes: int | None) -> None:
+    """A body longer than the line limit is counted from its newlines' positions (one scan for both
+    checks); the answer is the one bytes.count gives."""
+    limits = RequestLimits(max_rows=3, max_line_bytes=max_line_bytes)
+    for body in (b"1\n2\n3\n\n\r\n", b"1\n2\n3" + b"\n" * 600, b"1\r\n2\r\n3\r\n", b"\n" * 700, b""):
+        limits.check_lines(body, "application/jsonlines")
+    for body, lines in ((b"1\n2\n3\n4", 4), (b"1\n2\n\n3\n" + b"\r\n" * 300, 4), (b"1\n2\n3\n4\n5\n" + b"\n" * 300, 5)):
+        with pytest.raises(TooLarge, match=f"holds {lines} lines"):
+            limits.check_lines(body, "application/jsonlines")
 
 
 def _too_large(response: object, *words: str) -> None:
