@@ -35,7 +35,7 @@ class TrainingConfig:
     batch_size: int = _setting(64, "Rows per optimiser step (MLP).")
     learning_rate: float = _setting(1e-3, "AdamW learning rate (MLP).")
     weight_decay: float = _setting(1e-4, "AdamW weight decay (MLP).")
-    patience: int = _setting(30, "Stop after this many epochs without a better validation loss; the best "
+    patience: int = _setting(10, "Stop after this many epochs without a better validation loss; the best "
                                  "epoch's weights are kept.")
     validation_fraction: float = _setting(0.2, "Share of the training rows held out for validation when no "
                                                "`validation` channel is given.")

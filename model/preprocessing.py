@@ -185,11 +185,17 @@ def target_values(table: Table, target: str, transform: str = "none") -> np.ndar
     if target not in table.columns:
         raise DataError(f"the target column {target!r} is missing; the columns are {', '.join(table.names)}")
     values = table.columns[target]
-    for i, cell in enumerate(values):
-        if is_missing(cell):
-            raise DataError("the target value is missing; every training row needs one",
-                            row=table.label(i), column=target)
-    numbers = as_float_column(table, target)
+    try:   # fast path: every cell is a finite number, so none is missing (None, "" and " " all fail it)
+        numbers = values.astype(np.float64)
+        finite = bool(np.isfinite(numbers).all())
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:   # find the culprit: a missing value first, then a word, NaN or infinity
+        for i, cell in enumerate(values):
+            if is_missing(cell):
+                raise DataError("the target value is missing; every training row needs one",
+                                row=table.label(i), column=target)
+        numbers = as_float_column(table, target)
     if transform == "log" and (numbers <= 0).any():
         first = int(np.argmax(numbers <= 0))
         raise DataError(f"target_transform=log needs positive targets, got {shown(values[first])}",

@@ -91,8 +91,9 @@ from model.network import build_network, predict_mean
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Feature, Kind, Schema, canonical_category, infer_schema, is_missing, parse_number
+from model.stacked import FlatAdamW, StackedEnsemble
 from model.table import Table
-from model.training import EpochReport, FitResult
+from model.training import EpochReport, FitResult, deterministic_algorithms
 
 Passes = Callable[[int], Iterable[Table]]
 
@@ -134,7 +135,7 @@ def fit_streaming(passes: Passes, config: TrainingConfig, group: Group | None = 
     stopper = _Stopper(stop_requested or (lambda: False), group)
     device = _device(config.device)
     torch.manual_seed(config.seed)
-    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    deterministic_algorithms(config.deterministic)
 
     train_stream = _Stream(passes, "training", group, config.seed)
     census = group.agree(lambda: _Census.scan(train_stream, config, validation is None, stopper), errors)
@@ -656,9 +657,17 @@ class _Run:
     # -- the MLPs
 
     def train_mlp(self, network: nn.Module) -> _Outcome:
+        # the ensemble trains as one stacked computation (model/stacked.py, as fit() trains it); the
+        # candidates measured and kept are copies of the network's own modules
+        stacked = StackedEnsemble.of(network)
+        try:
+            return self._train_stacked(network, stacked, FlatAdamW(
+                stacked, lr=self.config.learning_rate, weight_decay=self.config.weight_decay))
+        finally:
+            stacked.release()
+
+    def _train_stacked(self, network: nn.Module, stacked: StackedEnsemble, optimizer: FlatAdamW) -> _Outcome:
         config, group = self.config, self.group
-        optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
-                                      weight_decay=config.weight_decay)
         batch_rows = -(-config.batch_size // group.world_size)
         steps = max(group.gather(-(-self.stats.local_training_rows // batch_rows)))
         best: _Candidate | None = None
@@ -678,14 +687,14 @@ class _Run:
                 if rows.n_rows:
                     y = torch.from_numpy(self.preprocessor.encode_target(rows)).to(self.device)
                     for x_batch, y_batch in batches.add(self._x(rows), y):
-                        loss_total += self._step(network, optimizer, x_batch, y_batch, Position(epoch - 1, done))
+                        loss_total += self._step(stacked, optimizer, x_batch, y_batch, Position(epoch - 1, done))
                         done += 1
             for x_batch, y_batch in batches.flush():
-                loss_total += self._step(network, optimizer, x_batch, y_batch, Position(epoch - 1, done))
+                loss_total += self._step(stacked, optimizer, x_batch, y_batch, Position(epoch - 1, done))
                 done += 1
             empty = torch.empty(0, self.preprocessor.n_inputs, device=self.device)
             while done < steps:   # this rank's rows are used up; the others still have batches
-                loss_total += self._step(network, optimizer, empty, empty[:, 0], Position(epoch - 1, done))
+                loss_total += self._step(stacked, optimizer, empty, empty[:, 0], Position(epoch - 1, done))
                 done += 1
             train_loss = loss_total / self.stats.training_rows
             if self.holdout:
@@ -710,31 +719,29 @@ class _Run:
         candidates = [c for c in (best, pending) if c is not None]
         return _Outcome(candidates, config.epochs)
 
-    def _step(self, network: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    def _step(self, stacked: StackedEnsemble, optimizer: FlatAdamW, x: torch.Tensor, y: torch.Tensor,
               position: Position) -> float:
         """One AdamW step on the batch of all ranks; the batch's summed loss (over all ranks' rows)."""
         group = self.group
         stop = self.stopper.requested()
         if not group.distributed and stop:
             raise TrainingStopped(position, None, NOT_WRITTEN)
-        optimizer.zero_grad()
+        stacked.zero_grad()
         loss = torch.zeros((), device=self.device)
         if len(x):
-            outputs = network(x)
+            outputs = stacked(x, training=True)
             # each member's own squared errors, summed: divided by the batch's rows over all ranks below
             loss = nn.functional.mse_loss(outputs, y[:, None].expand_as(outputs), reduction="sum") / outputs.shape[1]
             loss.backward()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in network.parameters()]
         tail = torch.tensor([float(loss.detach()), float(len(x)), 1.0 if stop else 0.0], device=self.device,
-                            dtype=grads[0].dtype)
-        group.sum_tensors_([*grads, tail])
+                            dtype=stacked.grad.dtype)
+        group.sum_tensors_([stacked.grad, tail])
         if tail[2] > 0:
             raise TrainingStopped(position, None, NOT_WRITTEN)
         rows = float(tail[1])
         if rows == 0:
             return 0.0
-        for parameter, grad in zip(network.parameters(), grads, strict=True):
-            parameter.grad = grad / rows
+        stacked.grad.div_(rows)
         optimizer.step()
         return float(tail[0])
 

@@ -40,12 +40,12 @@ they compute together exactly what one process would on all the rows, up to floa
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import importlib.metadata
 import logging
 import platform
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,6 +65,7 @@ from model.network import build_network, predict_mean
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Schema
+from model.stacked import FlatAdamW, StackedEnsemble
 from model.table import Table
 
 log = logging.getLogger("hyperplane.checkpoint")
@@ -111,7 +112,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         test = share(test, group) if test is not None else None
     device = _device(config.device)
     torch.manual_seed(config.seed)
-    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    deterministic_algorithms(config.deterministic)
 
     preprocessor = agreed_preprocessor(train_rows, schema, config.target_transform, group)
     network = build_network(preprocessor.n_inputs, config.hidden_layers, config.dropout,
@@ -129,11 +130,11 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         checkpointing = _shared_checkpointing(checkpointing, group)
     checkpointer = Checkpointer(checkpointing, lambda: Identity(
         config.training_settings(), train.fingerprint(), validation.fingerprint() if validation is not None else None))
-    progress = _Progress(float("inf"), 0, copy.deepcopy(network.state_dict()))
+    progress = _Progress(float("inf"), 0, _state_copy(network))
 
     def take(position: Position, loss_sum: float, batch_order: torch.Tensor | None) -> Snapshot:
         # Reads `progress` when called: the early-stopping state as of the last finished epoch.
-        return Snapshot(checkpointer.identity(), position, loss_sum, network.state_dict(),
+        return Snapshot(checkpointer.identity(), position, loss_sum, _state_copy(network),
                         steps.optimizer.state_dict(), batch_order, torch.get_rng_state(),
                         torch.cuda.get_rng_state_all() if device.type == "cuda" else [], progress.best_loss,
                         progress.best_epoch, progress.best_state, device.type)
@@ -154,12 +155,10 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         for index in range(first, batches):
             here = Position(epoch - 1, index)
             checkpointer.between_steps(here, functools.partial(take, here, total, batch_order))
-            network.train()
             total += steps.step(index)
         train_loss = steps.epoch_loss(total)
-        network.eval()
         with torch.inference_mode():
-            scaled = predict_mean(network, x_val)
+            scaled = steps.predict(x_val)
             scaled_sse = float(((scaled - y_val).double() ** 2).sum())
         predictions = preprocessor.decode_target(scaled.cpu().numpy())
         sums = group.sum(np.array([scaled_sse, float(((predictions - val_truth) ** 2).sum())])) / validation_total
@@ -172,11 +171,12 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
         monitored = group.broadcast(train_loss if linear else val_loss)
         best_loss = progress.best_loss
         if monitored < best_loss - 1e-9 * abs(best_loss if best_loss < float("inf") else 1.0):
-            progress = _Progress(monitored, epoch, copy.deepcopy(network.state_dict()))
+            progress = _Progress(monitored, epoch, _state_copy(network))
         elif epoch - progress.best_epoch >= config.patience:
             break
         if steps.converged:
             break
+    steps.finish()
     network.load_state_dict(progress.best_state)
     network.eval().cpu()
 
@@ -219,6 +219,21 @@ def evaluate(regressor: Regressor, table: Table, group: Group | None = None) -> 
             "r2": 1 - float(sse / total) if total > 0 else 0.0, "rows": float(rows)}
 
 
+def deterministic_algorithms(mode: bool) -> None:
+    """torch.use_deterministic_algorithms(mode, warn_only=True) for the eager operations training runs.
+
+    torch's function also sets torch._inductor.config.deterministic, and importing that config imports
+    torch._dynamo and torch._inductor: ~1.2 s on the first call, for a setting that only torch.compile
+    reads, which hyperplane never uses. The switch the eager kernels read is the same either way; when the
+    inductor config is loaded already (something else compiles in this process), or a torch without that
+    private switch is installed, torch's own function is called."""
+    switch = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if switch is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        switch(mode, warn_only=True)
+
+
 def _member_loss(outputs: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:
     """The members' own squared errors, summed over this rank's rows and divided by `rows` (the rows of the
     whole batch, over all ranks) and the members: summed over ranks it is the batch's mean. Each member
@@ -227,16 +242,9 @@ def _member_loss(outputs: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Ten
         rows * outputs.shape[1])
 
 
-def _sum_gradients(network: nn.Module, loss: torch.Tensor, group: Group) -> float:
-    """Sums the gradients and the loss over ranks (one flat all-reduce); the batch's loss."""
-    if not group.distributed:
-        return float(loss.detach())
-    grads = [p.grad if p.grad is not None else p.new_zeros(p.shape) for p in network.parameters()]
-    total = loss.detach().reshape(1).clone()
-    group.sum_tensors_([*grads, total])
-    for parameter, grad in zip(network.parameters(), grads, strict=True):
-        parameter.grad = grad
-    return float(total[0])
+def _state_copy(network: nn.Module) -> StateDict:
+    """The network's state_dict as tensors of their own (its parameters may be views of a stacked buffer)."""
+    return {name: value.detach().clone() for name, value in network.state_dict().items()}
 
 
 @dataclass(frozen=True)
@@ -273,11 +281,18 @@ class _Progress:
     best_state: StateDict
 
 
+class _Optimizer(Protocol):
+    """What a checkpoint records of an optimiser: its state, in torch.optim's state_dict format."""
+
+    def state_dict(self) -> StateDict: ...
+    def load_state_dict(self, state: StateDict) -> None: ...
+
+
 class _Steps(Protocol):
     """One model's optimiser steps: an epoch is `start_epoch()` steps, run one at a time by index."""
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer: ...
+    def optimizer(self) -> _Optimizer: ...
 
     def batch_order(self) -> torch.Tensor | None: ...        # the batch-order generator's state
     def restore_batch_order(self, state: torch.Tensor | None) -> None: ...
@@ -287,6 +302,26 @@ class _Steps(Protocol):
     def start_epoch(self) -> int: ...                        # draws the epoch's batches; their count
     def step(self, index: int) -> float: ...                 # one optimiser step; its row-weighted loss
     def epoch_loss(self, total: float) -> float: ...         # the epoch's mean training loss
+    def predict(self, x: torch.Tensor) -> torch.Tensor: ...  # the scaled predictions (rows,), eval mode
+    def finish(self) -> None: ...                            # training is over: the network is its own again
+
+
+class _NoOptimizer:
+    """The least-squares model's optimiser record: torch.optim.SGD(lr=0)'s state_dict (what checkpoints
+    always held for it), without constructing a torch.optim optimiser (that imports torch._dynamo)."""
+
+    def __init__(self, parameters: int) -> None:
+        self._parameters = parameters
+
+    def state_dict(self) -> StateDict:
+        return {"state": {}, "param_groups": [{
+            "lr": 0.0, "momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False,
+            "foreach": None, "differentiable": False, "fused": None, "params": list(range(self._parameters))}]}
+
+    def load_state_dict(self, state: StateDict) -> None:
+        groups = state["param_groups"]
+        if state["state"] or len(groups) != 1 or list(groups[0]["params"]) != list(range(self._parameters)):
+            raise ValueError("the optimiser state is not a least-squares run's")
 
 
 class _LeastSquaresSteps:
@@ -301,8 +336,8 @@ class _LeastSquaresSteps:
     def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, group: Group,
                  share: _RowShare) -> None:
         layer = next(module for module in network.modules() if isinstance(module, nn.Linear))
-        self.optimizer = torch.optim.SGD(network.parameters(), lr=0.0)   # what a checkpoint records: nothing
-        self._layer, self._x, self._y, self._group, self._share = layer, x, y, group, share
+        self.optimizer = _NoOptimizer(len(list(network.parameters())))   # what a checkpoint records: nothing
+        self._network, self._layer, self._x, self._y, self._group, self._share = network, layer, x, y, group, share
         self.converged = False
 
     def batch_order(self) -> torch.Tensor | None:
@@ -340,20 +375,29 @@ class _LeastSquaresSteps:
     def epoch_loss(self, total: float) -> float:
         return total
 
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return predict_mean(self._network.eval(), x)
+
+    def finish(self) -> None:
+        pass
+
     def _design(self, start: int) -> torch.Tensor:
         block = self._x[start:start + self.BLOCK_ROWS].double()
         return torch.cat([block, torch.ones(len(block), 1, dtype=torch.float64, device=block.device)], dim=1)
 
 
 class _AdamWSteps:
-    """AdamW on shuffled mini-batches, one step per batch."""
+    """AdamW on shuffled mini-batches, one step per batch. The ensemble trains as one stacked computation
+    (model/stacked.py: one batched matmul per layer for all members, all parameters and gradients in one
+    flat buffer, one AdamW update for all of them) while the network's modules and state_dict stay as
+    they are."""
 
     def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig, group: Group,
                  share: _RowShare) -> None:
-        self.optimizer = torch.optim.AdamW(
-            network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self._stacked = StackedEnsemble.of(network)
+        self.optimizer = FlatAdamW(self._stacked, lr=config.learning_rate, weight_decay=config.weight_decay)
         self._order = torch.Generator().manual_seed(config.seed)   # on the CPU: CPU and GPU runs see one order
-        self._network, self._x, self._y, self._batch_size = network, x, y, config.batch_size
+        self._x, self._y, self._batch_size = x, y, config.batch_size
         self._group, self._share = group, share
         self._batches: list[torch.Tensor] = []
         self.converged = False   # mini-batch training ends by early stopping or the epoch limit
@@ -374,15 +418,27 @@ class _AdamWSteps:
     def step(self, index: int) -> float:
         batch = self._batches[index]
         rows = self._share.local(batch).to(self._x.device)
-        self.optimizer.zero_grad()
-        loss = _member_loss(self._network(self._x[rows]), self._y[rows], len(batch))
+        self._stacked.zero_grad()
+        loss = _member_loss(self._stacked(self._x[rows], training=True), self._y[rows], len(batch))
         loss.backward()
-        batch_loss = _sum_gradients(self._network, loss, self._group)
+        if self._group.distributed:
+            # the gradients and the loss summed over ranks in one flat all-reduce: the whole batch's
+            total = loss.detach().reshape(1).clone()
+            self._group.sum_tensors_([self._stacked.grad, total])
+            batch_loss = float(total[0])
+        else:
+            batch_loss = float(loss.detach())
         self.optimizer.step()
         return batch_loss * len(batch)
 
     def epoch_loss(self, total: float) -> float:
         return total / self._share.total
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self._stacked(x, training=False).mean(dim=1)
+
+    def finish(self) -> None:
+        self._stacked.release()
 
 
 def _restore(snapshot: Snapshot, network: nn.Module, steps: _Steps, device: torch.device) -> None:

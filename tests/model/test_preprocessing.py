@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from model.errors import DataError
-from model.preprocessing import Preprocessor, fit_preprocessor
+from model.preprocessing import Preprocessor, fit_preprocessor, target_values
 from model.schema import Kind, as_float_column, canonical_category, infer_schema, is_missing
 from model.table import Table
 
@@ -48,6 +48,28 @@ def test_missing_target_is_an_error_naming_the_row() -> None:
     with pytest.raises(DataError) as caught:
         _fit([[10, 1, "a"], ["", 2, "b"]])
     assert caught.value.row == "row 2" and caught.value.column == "price"
+
+
+@pytest.mark.parametrize(("cells", "message", "row"), [
+    ([10, None, 30], "target value is missing", "row 2"),
+    (["10", "  ", "30"], "target value is missing", "row 2"),
+    (["ten", 20, None], "target value is missing", "row 3"),   # a missing value is named before a word
+    (["10", "ten", "30"], "expected a number", "row 2"),
+    ([10.0, 20.0, float("nan")], "not a finite number", "row 3"),
+    (["10", "inf", "30"], "not a finite number", "row 2"),
+])
+def test_a_bad_target_value_is_refused_by_row(cells: list[object], message: str, row: str) -> None:
+    table = Table({"price": np.array(cells, dtype=object)})
+    with pytest.raises(DataError, match=message) as caught:
+        target_values(table, "price")
+    assert caught.value.row == row and caught.value.column == "price"
+
+
+def test_target_values_read_cells_and_numeric_arrays_alike() -> None:
+    cells = Table({"price": np.array(["10", 20, 30.5, True], dtype=object)})
+    numbers = Table({"price": np.array([10, 20, 30.5, 1])})
+    np.testing.assert_array_equal(target_values(cells, "price"), [10, 20, 30.5, 1])
+    np.testing.assert_array_equal(target_values(numbers, "price", "log"), [10, 20, 30.5, 1])
 
 
 def _block_encoding(pre: Preprocessor, table: Table) -> np.ndarray:
