@@ -234,12 +234,13 @@ def deterministic_algorithms(mode: bool) -> None:
         switch(mode, warn_only=True)
 
 
-def _member_loss(outputs: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:
-    """The members' own squared errors, summed over this rank's rows and divided by `rows` (the rows of the
-    whole batch, over all ranks) and the members: summed over ranks it is the batch's mean. Each member
-    learns alone, none leans on the others."""
-    return nn.functional.mse_loss(outputs, y[:, None].expand_as(outputs), reduction="sum") / (
-        rows * outputs.shape[1])
+def _member_loss(stacked: StackedEnsemble, batch: tuple[torch.Tensor, torch.Tensor], rows: int) -> torch.Tensor:
+    """The members' own squared errors on this rank's rows (x, y) of a batch, summed and divided by `rows`
+    (the rows of the whole batch, over all ranks) and the members: summed over ranks it is the batch's mean.
+    Each member learns alone, none leans on the others. The loss's gradient is written into stacked.grad,
+    computed by hand (model/stacked.py): autograd's backward to float rounding, without its overhead."""
+    x, y = batch
+    return stacked.squared_error_gradient(x, y, rows * stacked.members)
 
 
 def _state_copy(network: nn.Module) -> StateDict:
@@ -418,16 +419,14 @@ class _AdamWSteps:
     def step(self, index: int) -> float:
         batch = self._batches[index]
         rows = self._share.local(batch).to(self._x.device)
-        self._stacked.zero_grad()
-        loss = _member_loss(self._stacked(self._x[rows], training=True), self._y[rows], len(batch))
-        loss.backward()
+        loss = _member_loss(self._stacked, (self._x.index_select(0, rows), self._y.index_select(0, rows)), len(batch))
         if self._group.distributed:
             # the gradients and the loss summed over ranks in one flat all-reduce: the whole batch's
-            total = loss.detach().reshape(1).clone()
+            total = loss.reshape(1).clone()
             self._group.sum_tensors_([self._stacked.grad, total])
             batch_loss = float(total[0])
         else:
-            batch_loss = float(loss.detach())
+            batch_loss = float(loss)
         self.optimizer.step()
         return batch_loss * len(batch)
 
@@ -435,7 +434,7 @@ class _AdamWSteps:
         return total / self._share.total
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self._stacked(x, training=False).mean(dim=1)
+        return self._stacked.predict_mean(x)
 
     def finish(self) -> None:
         self._stacked.release()

@@ -125,3 +125,44 @@ print(sorted(name for name in sys.modules if name.startswith(("torch._dynamo", "
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize(("n_inputs", "hidden", "members", "rows"),
+                         [(7, (16, 8), 3, 10), (36, (128, 64), 5, 64), (4, (5,), 1, 1), (3, (8, 8, 8), 2, 33),
+                          (5, (6, 4), 2, 0)])
+def test_the_hand_written_gradient_is_autograds(dropout: float, n_inputs: int, hidden: tuple[int, ...],
+                                                members: int, rows: int) -> None:
+    torch.manual_seed(1)
+    stacked = StackedEnsemble.of(build_network(n_inputs, hidden, dropout, members=members))
+    x, y = torch.randn(rows, n_inputs), torch.randn(rows)
+    divisor = 3 * max(rows, 1) * members   # a batch's rows over all ranks: more than this rank's
+    stacked.zero_grad()
+    torch.manual_seed(5)
+    outputs = stacked(x, training=True)
+    expected_loss = nn.functional.mse_loss(outputs, y[:, None].expand_as(outputs), reduction="sum") / divisor
+    expected_loss.backward()
+    expected, expected_rng = stacked.grad.clone(), torch.get_rng_state()
+
+    stacked.grad.fill_(7.0)   # replaced, not added to
+    torch.manual_seed(5)
+    loss = stacked.squared_error_gradient(x, y, divisor)
+    assert torch.equal(torch.get_rng_state(), expected_rng)   # the same dropout draws, no more
+    torch.testing.assert_close(loss, expected_loss.detach(), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(stacked.grad, expected, rtol=1e-5, atol=1e-8)
+    with torch.inference_mode():   # eval mode's mean is __call__'s
+        torch.testing.assert_close(stacked.predict_mean(x), stacked(x, training=False).mean(dim=1))
+    if not dropout:   # again, in the reused workspace: the same numbers, bit for bit
+        first = stacked.grad.clone()
+        assert torch.equal(stacked.squared_error_gradient(x, y, divisor), loss)
+        assert torch.equal(stacked.grad, first)
+
+def test_predict_mean_in_blocks_is_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    stacked = StackedEnsemble.of(_network())
+    x = torch.randn(50, 7)
+    monkeypatch.setattr(StackedEnsemble, "PREDICT_BLOCK_ROWS", 16)
+    with torch.inference_mode():
+        means = stacked.predict_mean(x)
+    torch.testing.assert_close(means, stacked(x, training=False).mean(dim=1), rtol=1e-6, atol=1e-6)
+    # grown in inference mode, the workspace still serves a training step outside it
+    stacked.squared_error_gradient(x[:40], torch.randn(40), 40.0)
