@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "production (same server, smaller download, faster scale-out)")
 
     from container.serving.gunicorn_app import ServerApplication
+    from container.serving.memory import limit_arenas
 
+    limit_arenas()   # before any worker or thread exists: each worker's request threads share 2 arenas
     ServerApplication(settings).run()
     return 0
 

@@ -248,7 +248,8 @@ def profile(model_dir: pathlib.Path) -> dict[str, float]:
     from model.network import FusedEnsemble, predict_mean
     from model.table import Table
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as a serving worker on 2 CPUs; put back at the end (training runs later)
     regressor = artifact.load(model_dir)
     names = regressor.feature_names
     line = DATA.read_text().splitlines()[1].split(",", 1)[1]
@@ -303,6 +304,7 @@ def profile(model_dir: pathlib.Path) -> dict[str, float]:
            "WSGI call, Flask route": best(wsgi(False), 1000),
            "WSGI call, fast path": best(wsgi(True), 1000)}
     logging.getLogger("hyperplane.access").disabled = False
+    torch.set_num_threads(threads)
     log(f"profile: {out}")
     return out
 
@@ -411,7 +413,8 @@ def in_process_floor(model_dir: pathlib.Path, body: bytes) -> float:
     from model.schema import Kind
     from model.table import Table
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as a serving worker on 2 CPUs; put back at the end (training runs later)
     regressor = artifact.load(model_dir)
     names = regressor.feature_names
     kinds = {f.name: f.kind for f in regressor.preprocessor.schema.features}
@@ -427,7 +430,9 @@ def in_process_floor(model_dir: pathlib.Path, body: bytes) -> float:
         assert len(predictions) == parsed.num_rows
         return time.perf_counter() - started
 
-    return statistics.median(run() for _ in range(5))
+    seconds = statistics.median(run() for _ in range(5))
+    torch.set_num_threads(threads)
+    return seconds
 
 
 def big_csv(server: Container, model_dir: pathlib.Path, rows: list[str], repeats: int) -> dict[str, Any]:
