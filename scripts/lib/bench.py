@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import http.client
 import io
 import json
@@ -54,6 +55,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from bench_runs import side_by_side, summary  # noqa: E402
 
 IMAGE = "hyperplane-serve:latest"
 WORK = ROOT / "build" / "bench"
@@ -235,6 +237,21 @@ def container(command: list[str], model_dir: pathlib.Path) -> Iterator[Container
 
 # ---------- 0. in-process profile of one single-row request ----------
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread, as a serving worker on 2 CPUs has, then back to what it was (the training
+    comparison runs later in this process, with torch's own default)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@one_torch_thread()
 def profile(model_dir: pathlib.Path) -> dict[str, float]:
     """Microseconds per call, best of 5 repeats, one torch thread: where a single-row request goes."""
     import timeit
@@ -248,8 +265,6 @@ def profile(model_dir: pathlib.Path) -> dict[str, float]:
     from model.network import FusedEnsemble, predict_mean
     from model.table import Table
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # as a serving worker on 2 CPUs; put back at the end (training runs later)
     regressor = artifact.load(model_dir)
     names = regressor.feature_names
     line = DATA.read_text().splitlines()[1].split(",", 1)[1]
@@ -304,7 +319,6 @@ def profile(model_dir: pathlib.Path) -> dict[str, float]:
            "WSGI call, Flask route": best(wsgi(False), 1000),
            "WSGI call, fast path": best(wsgi(True), 1000)}
     logging.getLogger("hyperplane.access").disabled = False
-    torch.set_num_threads(threads)
     log(f"profile: {out}")
     return out
 
@@ -375,15 +389,9 @@ def single_row(server: Container, floor: Container, bodies: dict[str, tuple[str,
     for form, client, connections in cases:
         content_type, body = bodies[form]
         measure: Callable[..., dict[str, float]] = wrk if client == "wrk" else python_client
-        runs: dict[str, list[dict[str, float]]] = {"server": [], "floor": []}
-        for _ in range(repeats):   # alternating, so the machine's other work falls on both alike
-            for name, box in (("server", server), ("floor", floor)):
-                runs[name].append(measure(box.port, content_type, body, connections, seconds))
-        ratios = [s["rps"] / f["rps"] for s, f in zip(runs["server"], runs["floor"], strict=True)]
-        row = {"form": form, "client": client, "c": connections, "ratio": statistics.median(ratios),
-               "ratio_range": (min(ratios), max(ratios)),
-               **{f"{name}_{key}": statistics.median(r[key] for r in runs[name])
-                  for name in runs for key in ("rps", "p50", "p99")}}
+        runs = side_by_side({name: functools.partial(measure, box.port, content_type, body, connections, seconds)
+                             for name, box in (("server", server), ("floor", floor))}, repeats)
+        row = summary(runs, form=form, client=client, c=connections)
         log(f"single row {form} {client} c={connections}: {row}")
         out.append(row)
     return out
@@ -403,18 +411,16 @@ def big_body(rows: list[str], limit: int = 6 * 1024 * 1024) -> bytes:
     return "".join(lines).encode()
 
 
+@one_torch_thread()
 def in_process_floor(model_dir: pathlib.Path, body: bytes) -> float:
     """pyarrow.csv parse, our encoding of its columns, the fused network with one torch thread."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    import torch
 
     from model import artifact
     from model.schema import Kind
     from model.table import Table
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # as a serving worker on 2 CPUs; put back at the end (training runs later)
     regressor = artifact.load(model_dir)
     names = regressor.feature_names
     kinds = {f.name: f.kind for f in regressor.preprocessor.schema.features}
@@ -430,9 +436,7 @@ def in_process_floor(model_dir: pathlib.Path, body: bytes) -> float:
         assert len(predictions) == parsed.num_rows
         return time.perf_counter() - started
 
-    seconds = statistics.median(run() for _ in range(5))
-    torch.set_num_threads(threads)
-    return seconds
+    return statistics.median(run() for _ in range(5))
 
 
 def big_csv(server: Container, model_dir: pathlib.Path, rows: list[str], repeats: int) -> dict[str, Any]:

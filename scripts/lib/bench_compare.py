@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from bench_runs import side_by_side, summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "bench"
@@ -123,7 +124,6 @@ def mlflow(model_dir: pathlib.Path, body: bytes, repeats: int, seconds: float,
            measures: dict[str, Callable[..., dict[str, float]]], free_port: Callable[[], int]) -> list[dict[str, Any]]:
     """Rows like bench.single_row's, with "floor" being MLflow: ratio = hyperplane req/s / MLflow req/s; and
     "ceiling": the same worker class and count answering a constant (bench.py's floor app), on the host."""
-    import statistics
 
     folder = mlflow_model(model_dir)
     base = pathlib.Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -159,15 +159,9 @@ def mlflow(model_dir: pathlib.Path, body: bytes, repeats: int, seconds: float,
             for port in (ours, theirs, ceiling):   # warm every worker
                 measures["wrk"](port, "text/csv", body, 8, 1)
             for client, connections in (("wrk", 1), ("wrk", 8), ("wrk", 32), ("python", 8)):
-                runs: dict[str, list[dict[str, float]]] = {"server": [], "floor": [], "ceiling": []}
-                for _ in range(repeats):
-                    for name, port in (("server", ours), ("floor", theirs), ("ceiling", ceiling)):
-                        runs[name].append(measures[client](port, "text/csv", body, connections, seconds))
-                ratios = [s["rps"] / f["rps"] for s, f in zip(runs["server"], runs["floor"], strict=True)]
-                row = {"workers": workers, "client": client, "c": connections, "ratio": statistics.median(ratios),
-                       "ratio_range": (min(ratios), max(ratios)),
-                       **{f"{name}_{key}": statistics.median(r[key] for r in runs[name])
-                          for name in runs for key in ("rps", "p50", "p99")}}
+                runners = {name: functools.partial(measures[client], port, "text/csv", body, connections, seconds)
+                           for name, port in (("server", ours), ("floor", theirs), ("ceiling", ceiling))}
+                row = summary(side_by_side(runners, repeats), workers=workers, client=client, c=connections)
                 log(f"mlflow -w {workers} {client} c={connections}: {row}")
                 out.append(row)
     shutil.rmtree(base, ignore_errors=True)
