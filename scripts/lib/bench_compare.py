@@ -209,31 +209,35 @@ def _split(table: Any) -> tuple[Any, Any]:
     return table.take(order[len(order) // 5:]), table.take(order[: len(order) // 5])
 
 
-def timed(call: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """The median wall time of `repeats` calls and the last call's result. As timeit does, each call runs
-    with the garbage collector off after a collection: by the time this runs the benchmark process holds
-    the objects of MLflow, scikit-learn and the serving runs, and a full collection landing inside one fit
-    (~0.1 s) would be charged to whichever model it hit."""
+def timed(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
+    """{name: (median wall time of `repeats` calls, the last call's result)}. The calls take turns, one of
+    each per round, so a slow spell of this shared machine lands on every model alike and the ratios of
+    the medians hold within one run. As timeit does, each call runs with the garbage collector off after
+    a collection: by the time this runs the benchmark process holds the objects of MLflow, scikit-learn
+    and the serving runs, and a full collection landing inside one fit (~0.1 s) would be charged to
+    whichever model it hit."""
     import gc
     import statistics
 
-    times, result = [], None
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    results: dict[str, Any] = {}
     for _ in range(repeats):
-        gc.collect()
-        gc.disable()
-        try:
-            started = time.perf_counter()
-            result = call()
-            times.append(time.perf_counter() - started)
-        finally:
-            gc.enable()
-    return statistics.median(times), result
+        for name, call in calls.items():
+            gc.collect()
+            gc.disable()
+            try:
+                started = time.perf_counter()
+                results[name] = call()
+                times[name].append(time.perf_counter() - started)
+            finally:
+                gc.enable()
+    return {name: (statistics.median(times[name]), results[name]) for name in calls}
 
 
 def compare(table: Any, target: str, categorical: list[str], configs: dict[str, Any], log_target: bool,
             repeats: int = 1) -> dict[str, tuple[float, float]]:
     """{model: (wall seconds, held-out RMSE)} on the seeded 80/20 split; seconds: the median of `repeats`
-    fits (every fit here is seeded, so each gives the same model)."""
+    fits, the models taking turns (every fit here is seeded, so each gives the same model)."""
     from sklearn.compose import make_column_transformer
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import Ridge
@@ -250,11 +254,6 @@ def compare(table: Any, target: str, categorical: list[str], configs: dict[str, 
     def rmse(predicted: np.ndarray) -> float:
         return float(np.sqrt(np.mean((predicted - truth) ** 2)))
 
-    out: dict[str, tuple[float, float]] = {}
-    for name, config in configs.items():
-        seconds, result = timed(functools.partial(fit, train, config), repeats)
-        out[name] = (seconds, rmse(result.regressor.predict(test.without(target))))
-        log(f"training {name}: {out[name]}")
     cat_index = [features.index(name) for name in categorical]
     num_index = [i for i in range(len(features)) if i not in cat_index]
 
@@ -279,9 +278,15 @@ def compare(table: Any, target: str, categorical: list[str], configs: dict[str, 
                         HistGradientBoostingRegressor(categorical_features=few, random_state=SEED))
     x_train, x_test = matrix(train), matrix(test)
     suffix = " (log target)" if log_target else ""
-    for name, model in ((f"scikit-learn Ridge{suffix}", ridge), (f"scikit-learn HistGradientBoosting{suffix}", hgb)):
-        seconds, fitted = timed(functools.partial(model.fit, x_train, y), repeats)
-        out[name] = (seconds, rmse(inverse(fitted.predict(x_test))))
+    calls: dict[str, Callable[[], Any]] = {name: functools.partial(fit, train, config)
+                                           for name, config in configs.items()}
+    theirs = {f"scikit-learn Ridge{suffix}": ridge, f"scikit-learn HistGradientBoosting{suffix}": hgb}
+    calls.update({name: functools.partial(model.fit, x_train, y) for name, model in theirs.items()})
+    out: dict[str, tuple[float, float]] = {}
+    for name, (seconds, fitted) in timed(calls, repeats).items():
+        predicted = (fitted.regressor.predict(test.without(target)) if name in configs
+                     else inverse(fitted.predict(x_test)))
+        out[name] = (seconds, rmse(predicted))
         log(f"training {name}: {out[name]}")
     return out
 
@@ -316,10 +321,8 @@ def lstsq(rows: int = 1_000_000, width: int = 10, repeats: int = 3) -> dict[str,
             @ coefficients
         return predicted
 
-    out: dict[str, tuple[float, float]] = {}
-    for name, call in (("hyperplane linear", ours), ("numpy.linalg.lstsq", theirs)):
-        seconds, predicted = timed(call, repeats)
-        out[name] = (seconds, float(np.sqrt(np.mean((predicted - truth) ** 2))))
+    out = {name: (seconds, float(np.sqrt(np.mean((predicted - truth) ** 2)))) for name, (seconds, predicted)
+           in timed({"hyperplane linear": ours, "numpy.linalg.lstsq": theirs}, repeats).items()}
     log(f"lstsq: {out}")
     return out
 
