@@ -39,6 +39,7 @@ from container.serving.attributes import HEADER, parse_custom_attributes, respon
 from container.serving.errors import error_body
 from container.serving.fastpath import FastPath
 from container.serving.limits import RequestLimits
+from container.serving.logbuffer import info_later
 from container.serving.servable import RequestInfo, Servable
 from container.serving.settings import ServingSettings
 
@@ -131,12 +132,12 @@ def create_app(settings: ServingSettings, source: PredictorSource) -> Flask:
     def log_request(response: Response) -> Response:
         if request.path != "/ping" or settings.log_ping:
             latency_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-            access_log.info("method=%s path=%s status=%d rows=%s latency_ms=%.1f content_type=%s "
-                            "accept=%s response_type=%s bytes_in=%s",
-                            request.method, request.path, response.status_code,
-                            g.get("rows", "-"), latency_ms, request.mimetype or "-",
-                            _quoted(request.headers.get("Accept", "-")), response.mimetype or "-",
-                            request.content_length if request.content_length is not None else "-")
+            info_later(access_log, "method=%s path=%s status=%d rows=%s latency_ms=%.1f content_type=%s "
+                       "accept=%s response_type=%s bytes_in=%s",
+                       request.method, request.path, response.status_code,
+                       g.get("rows", "-"), latency_ms, request.mimetype or "-",
+                       _quoted(request.headers.get("Accept", "-")), response.mimetype or "-",
+                       request.content_length if request.content_length is not None else "-")
         return response
 
     return app

@@ -28,6 +28,7 @@ import csv
 import functools
 import io
 import json
+import math
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -123,9 +124,9 @@ def encode(predictions: np.ndarray, mimetype: str, *, final_newline: bool = True
 
     Numbers are written as repr() writes them (json.dumps does too): from FLOATTEXT_MIN_ROWS rows on by
     floattext.py, a column at a time, the same bytes (tests/serving/test_floattext.py)."""
+    if not extras and len(predictions) < FLOATTEXT_MIN_ROWS:   # the one-row answer, without a step more
+        return _encode_lists(_checked_list(predictions, "prediction"), mimetype, final_newline, {})
     values = _checked(predictions, "prediction")
-    if not extras and len(values) < FLOATTEXT_MIN_ROWS:   # the one-row answer, without a step more
-        return _encode_lists(values.tolist(), mimetype, final_newline, {})
     columns: dict[str, np.ndarray | list[Any]] = {
         name: _checked(items, name) if isinstance(items, np.ndarray) else list(items)
         for name, items in (extras or {}).items()}
@@ -161,6 +162,17 @@ def _encode_lists(values: list[float], mimetype: str, final_newline: bool, colum
         lines = [json.dumps({"prediction": value, **{name: items[index] for name, items in columns.items()}})
                  for index, value in enumerate(values)]
     return ("\n".join(lines) + ("\n" if final_newline else "")).encode()
+
+
+def _checked_list(numbers: np.ndarray, name: str) -> list[float]:
+    """_checked(numbers, name).tolist() for a few numbers: checked in Python, without numpy's per-call
+    cost (tolist widens float32 exactly, as the conversion to float64 does)."""
+    if numbers.dtype.kind != "f":   # integers and the like are written as floats
+        return _checked(numbers, name).tolist()   # type: ignore[no-any-return]
+    values: list[float] = numbers.tolist()
+    if not all(map(math.isfinite, values)):
+        _checked(numbers, name)   # raises, naming the row
+    return values
 
 
 def _checked(numbers: np.ndarray, name: str) -> np.ndarray:

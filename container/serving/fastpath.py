@@ -31,6 +31,7 @@ from typing import Any
 from container.serving import codecs
 from container.serving.attributes import response_attributes
 from container.serving.limits import RequestLimits
+from container.serving.logbuffer import BufferedStreamHandler, buffered_handler_of
 from container.serving.memory import RELEASE_BYTES, ReleasingBody
 from container.serving.predictor import Predictor
 from container.serving.servable import Servable
@@ -41,6 +42,8 @@ Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _REQUEST_TYPES = frozenset((codecs.CSV, codecs.JSON, codecs.JSONLINES))
 _ANY = frozenset(("", "*/*"))   # Accept values that mean "the request's own type" (codecs.response_type)
 _ATTRIBUTES = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+_ACCESS_LINE = ("method=POST path=/invocations status=200 rows=%s latency_ms=%.1f content_type=%s accept=%s "
+                "response_type=%s bytes_in=%s")   # app.py's line, for what this path answers
 
 
 class FastPath:
@@ -52,11 +55,15 @@ class FastPath:
         self.access_log = access_log
         self.predictor: Predictor | None = None
         self.version_header = ""
+        self.access_handler: BufferedStreamHandler | None = None
 
     def learn(self, servable: Servable) -> None:
         """The worker's servable, as the route got it: the built-in Predictor enables the fast path."""
         if self.predictor is None and isinstance(servable, Predictor):
             self.version_header = response_attributes(servable.version)
+            # where the access line goes: logging is configured before any request, and the built-in
+            # Predictor runs no code that changes it
+            self.access_handler = buffered_handler_of(self.access_log)
             self.predictor = servable
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -103,10 +110,12 @@ class FastPath:
                                   ("Content-Length", str(len(answer.body))),
                                   ("X-Amzn-SageMaker-Custom-Attributes", self.version_header)])
         if self.access_log.isEnabledFor(logging.INFO):
-            self.access_log.info("method=POST path=/invocations status=200 rows=%s latency_ms=%.1f "
-                                 "content_type=%s accept=%s response_type=%s bytes_in=%s",
-                                 answer.rows, (time.perf_counter() - started) * 1000, mimetype,
-                                 _quoted(accept if "HTTP_ACCEPT" in environ else "-"), response_type, size)
+            values = (answer.rows, (time.perf_counter() - started) * 1000, mimetype,
+                      _quoted(accept if "HTTP_ACCEPT" in environ else "-"), response_type, size)
+            if self.access_handler is not None:
+                self.access_handler.later(self.access_log.name, _ACCESS_LINE, values)
+            else:
+                self.access_log.info(_ACCESS_LINE, *values)
         return [answer.body]
 
 

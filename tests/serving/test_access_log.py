@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from container.serving.logbuffer import BufferedStreamHandler
+from container.serving.logbuffer import BufferedStreamHandler, buffered_handler_of, info_later
 from tests.serving.process import StartServer
 from tests.serving.requests_data import ROWS, csv_body
 
@@ -175,3 +175,93 @@ def test_every_access_line_arrives_in_order_when_the_server_is_stopped(start: St
     lines = [line for line in server.log().splitlines() if "hyperplane.access: " in line]
     assert [int(line.split(" rows=")[1].split()[0]) for line in lines] == counts
     assert all("method=POST path=/invocations status=200" in line for line in lines)
+
+
+@pytest.fixture
+def access_logger() -> Iterator[tuple[logging.Logger, BufferedStreamHandler, CountingStream]]:
+    """A logger under a parent whose only handler is a BufferedStreamHandler: serve.py's set-up, moved off
+    the root logger (pytest keeps handlers of its own there)."""
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream, interval_s=3600)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S %z"))
+    parent = logging.getLogger("hyperplane-test-later")
+    parent.propagate = False
+    parent.setLevel(logging.INFO)
+    parent.addHandler(handler)
+    yield logging.getLogger("hyperplane-test-later.access"), handler, stream
+    parent.removeHandler(handler)
+    handler.close()
+
+
+def only(handler: BufferedStreamHandler) -> None:
+    """Leaves `handler` the only one on its logger: pytest adds capture handlers of its own when a test
+    starts, and a logger with another handler gets logger.info itself (tested below)."""
+    logging.getLogger("hyperplane-test-later").handlers = [handler]
+
+
+def test_a_line_logged_later_is_the_line_logger_info_writes_in_its_place(
+        access_logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log, handler, stream = access_logger
+    only(handler)
+    assert buffered_handler_of(log) is handler
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)   # both records made at the same instant
+    log.info("first")
+    info_later(log, "rows=%s latency_ms=%.1f accept=%s", 3, 0.1234, '"a, b"')
+    log.info("rows=%s latency_ms=%.1f accept=%s", 3, 0.1234, '"a, b"')
+    log.info("last")
+    assert stream.writes == []   # queued with the others, not written at once
+    handler.flush()
+    first, later, direct, last = stream.getvalue().splitlines()
+    assert later == direct and later.endswith('hyperplane-test-later.access: rows=3 latency_ms=0.1 accept="a, b"')
+    assert first.endswith(": first") and last.endswith(": last")
+
+
+def test_a_line_logged_later_keeps_its_place_before_a_warning(
+        access_logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, handler, stream = access_logger
+    only(handler)
+    info_later(log, "request %d", 1)
+    log.warning("broken")
+    assert [line.split("] ", 3)[-1] for line in stream.getvalue().splitlines()] == [
+        "hyperplane-test-later.access: request 1", "hyperplane-test-later.access: broken"]
+
+
+def test_another_handler_or_a_filter_gets_the_record_itself(
+        access_logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, handler, stream = access_logger
+    only(handler)
+    seen: list[logging.LogRecord] = []
+    capture = logging.Handler()
+    capture.emit = seen.append   # type: ignore[method-assign]
+    log.addHandler(capture)
+    try:
+        assert buffered_handler_of(log) is None
+        info_later(log, "request %d", 2)
+    finally:
+        log.removeHandler(capture)
+    assert [record.getMessage() for record in seen] == ["request 2"]
+    handler.flush()
+    assert stream.getvalue().endswith("hyperplane-test-later.access: request 2\n")   # propagated as usual
+    log.addFilter(lambda record: False)
+    try:
+        assert buffered_handler_of(log) is None
+        info_later(log, "request %d", 3)
+    finally:
+        log.filters.clear()
+    handler.flush()
+    assert "request 3" not in stream.getvalue()
+
+
+def test_a_disabled_logger_writes_nothing_later(
+        access_logger: tuple[logging.Logger, BufferedStreamHandler, CountingStream]) -> None:
+    log, handler, stream = access_logger
+    only(handler)
+    log.disabled = True
+    try:
+        info_later(log, "request %d", 4)
+    finally:
+        log.disabled = False
+    handler.flush()
+    assert stream.getvalue() == ""
