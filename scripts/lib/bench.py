@@ -566,7 +566,8 @@ def render(results: dict[str, Any]) -> str:
     if "training" in results:
         lines += ["", "### Training (seeded 80/20 split, held-out RMSE in the target's units, wall time of the "
                   "fit on this machine: the median of 5 fits on the used cars, 3 on the synthetic rows, 1 on "
-                  "LaptopSales, each with the garbage collector paused as timeit does)" + carried(results, "training"),
+                  "LaptopSales, the models of a data set taking turns, each fit with the garbage collector "
+                  "paused as timeit does)" + carried(results, "training"),
                   "", "| data | model | wall time s | RMSE |", "|---|---|---|---|"]
         for data, models in results["training"].items():
             lines += [f"| {data} | {name} | {seconds:.3g} | {error:.2f} |"
