@@ -77,15 +77,11 @@ class FusedEnsemble:
         # numpy views of the CPU tensors (no copy), or None on a GPU
         self.arrays = [(weight.numpy(), bias.numpy()) for weight, bias in zip(weights, biases, strict=True)] \
             if weights[0].device.type == "cpu" else None
-        # the first layer's weights and biases side by side, (in, members x out) and (1, members x out)
-        self._first = None if self.arrays is None else (
-            np.ascontiguousarray(self.arrays[0][0].transpose(1, 0, 2).reshape(weights[0].shape[1], -1)),
-            self.arrays[0][1].reshape(1, -1))
-        # the last layer (one output per member) and the members' mean as one product: the last weights of
-        # every member side by side, divided by the members, and the mean of their biases
-        self._last = None if self.arrays is None else (
-            np.ascontiguousarray(self.arrays[-1][0][:, :, 0].reshape(-1) / np.float32(self.members)),
-            np.float32(self.arrays[-1][1].sum() / self.members))
+        self._first: tuple[np.ndarray, np.ndarray] | None = None
+        self._middle: list[np.ndarray] = []
+        self._last: np.ndarray | None = None
+        if self.arrays is not None:
+            self._first, self._middle, self._last = _numpy_layers(self.arrays)
         self._stamp = self._current_stamp()
         self.frozen = False   # set by Regressor.freeze: the weights will not change, stale() need not look
 
@@ -131,28 +127,25 @@ class FusedEnsemble:
         side by side (in, members x out): a request's row is read once, in one BLAS call instead of one
         per member. numpy may round differently from torch (within float32 rounding), so callers pick one
         route per row count, never per request path (Regressor.predict_encoded)."""
-        assert self.arrays is not None and self._first is not None and self._last is not None, \
-            "numpy_mean needs weights on the CPU"
+        assert self.arrays is not None and self._first is not None, "numpy_mean needs weights on the CPU"
         rows = inputs.shape[0]
         # inputs far outside the training data overflow to inf and nan, which torch computes silently and
         # the callers refuse with the row; numpy would also warn
         with np.errstate(over="ignore", invalid="ignore"):
             hidden = inputs @ self._first[0]
             hidden += self._first[1]
-            if len(self.arrays) == 1:   # one layer: `hidden` holds each member's output, (rows, members)
+            if self._last is None:   # one layer: `hidden` holds each member's output, (rows, members)
                 mean: np.ndarray = np.add.reduce(hidden, axis=1) / self.members
                 return mean
-            hidden = hidden.reshape(rows, self.members, -1).transpose(1, 0, 2)   # (members, rows, out)
-            for weight, bias in self.arrays[1:-1]:
-                np.maximum(hidden, 0.0, out=hidden)   # the ReLU after the layer before
+            np.maximum(hidden, 0.0, out=hidden)   # the ReLU; it keeps the constant units at 1
+            # (members, rows, units): for one row a plain reshape, no transposed view to walk
+            hidden = hidden.reshape(self.members, 1, -1) if rows == 1 else \
+                hidden.reshape(rows, self.members, -1).transpose(1, 0, 2)
+            for weight in self._middle:
                 hidden = np.matmul(hidden, weight)
-                hidden += bias
-            np.maximum(hidden, 0.0, out=hidden)
-            # the last layer and the mean in one matrix-vector product over every member's units (a view
-            # for one row): one BLAS call where a batched matmul and a reduction over members took ~4 us
-            # from cold caches in a serving worker
-            mean = hidden.transpose(1, 0, 2).reshape(rows, -1) @ self._last[0]
-            mean += self._last[1]
+                np.maximum(hidden, 0.0, out=hidden)
+            units = hidden.reshape(1, -1) if rows == 1 else hidden.transpose(1, 0, 2).reshape(rows, -1)
+            mean = units @ self._last
         return mean
 
     def _block(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -164,6 +157,50 @@ class FusedEnsemble:
             if k < last:
                 hidden.relu_()
         return hidden.mean(dim=0).squeeze(1)
+
+
+def _numpy_layers(arrays: list[tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], list[np.ndarray], np.ndarray | None]:
+    """numpy_mean's weights, from the stacked (members, in, out) weights and (members, 1, out) biases.
+
+    First: every member's first layer side by side, (in, members x units) and its biases (1, members x
+    units), so that a row is read once, in one BLAS call. After it, every hidden layer carries one more
+    unit per member whose weights are 0 and bias 1: a constant 1 through the ReLU. The next layer holds
+    its biases as that unit's weights (middle: (members, units + 1, out + 1)), so each hidden layer is one
+    matmul and one ReLU, with no separate addition; and the last layer, the member mean folded in, is one
+    matrix-vector product over every member's units, biases included. A network of one layer has no
+    hidden units: its first layer is its output, one per member, and `last` is None.
+
+    Where the bias is added inside the product rather than after it, float32 rounding may differ from
+    torch's in the last place; numpy_mean promises agreement to float32 rounding, not bits.
+    """
+    members = arrays[0][0].shape[0]
+    deep = len(arrays) > 1
+    constant = 1 if deep else 0
+    weight, bias = arrays[0]
+    inputs, units = weight.shape[1], weight.shape[2]
+    first = np.zeros((inputs, members, units + constant), np.float32)
+    first[:, :, :units] = weight.transpose(1, 0, 2)
+    first_bias = np.zeros((1, members, units + constant), np.float32)
+    first_bias[0, :, :units] = bias[:, 0, :]
+    first_bias[0, :, units:] = 1.0
+    middle = []
+    for weight, bias in arrays[1:-1]:
+        units, out = weight.shape[1], weight.shape[2]
+        layer = np.zeros((members, units + 1, out + 1), np.float32)
+        layer[:, :units, :out] = weight
+        layer[:, units, :out] = bias[:, 0, :]
+        layer[:, units, out] = 1.0
+        middle.append(layer)
+    last = None
+    if deep:
+        weight, bias = arrays[-1]
+        units = weight.shape[1]
+        last = np.zeros((members, units + 1), np.float32)
+        last[:, :units] = weight[:, :, 0] / np.float32(members)
+        last[:, units] = bias[:, 0, 0] / np.float32(members)
+        last = last.reshape(-1)
+    return (first.reshape(inputs, -1), first_bias.reshape(1, -1)), middle, last
 
 
 def _plain_mlp(member: nn.Module) -> list[nn.Linear] | None:

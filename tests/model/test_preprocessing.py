@@ -44,6 +44,21 @@ def test_log_target_round_trips_and_refuses_non_positive_prices() -> None:
         _fit([[0, 1, "a"], [10, 2, "b"]], "log")
 
 
+
+@pytest.mark.parametrize("transform", ["none", "log"])
+def test_one_prediction_decodes_to_the_same_bits_alone_as_in_a_batch(transform: str) -> None:
+    """A single-row request takes decode_target's one-value form; a price must not depend on its company."""
+    _, pre = _fit([[1000, 1, "a"], [20000, 2, "b"], [3000, 3, "a"]], transform)
+    scaled = np.random.default_rng(0).normal(0, 4, 5000).astype(np.float32)
+    scaled[:4] = [np.float32(1e30), np.float32(-1e30), np.nan, np.inf]   # beyond exp's range, not finite
+    batch = pre.decode_target(scaled)
+    alone = np.concatenate([pre.decode_target(scaled[i:i + 1]) for i in range(len(scaled))])
+    assert alone.dtype == batch.dtype == np.float64
+    assert alone.tobytes() == batch.tobytes()
+    assert np.isfinite(batch[4:]).all() and not np.isfinite(batch[[2, 3]]).any()
+    if transform == "log":
+        assert batch[0] == np.inf and batch[1] == 0
+
 def test_missing_target_is_an_error_naming_the_row() -> None:
     with pytest.raises(DataError) as caught:
         _fit([[10, 1, "a"], ["", 2, "b"]])

@@ -118,7 +118,7 @@ def test_plain_training_spellings_are_encoded_by_encode_row(mixed_model: Regress
     assert all(mixed_model.preprocessor.encode_row(row) is not None for row in ROWS if "" not in row)
 
 
-@pytest.mark.parametrize(("hidden", "members"), [((16, 8), 5), ((12,), 3), ((), 1)])
+@pytest.mark.parametrize(("hidden", "members"), [((16, 8, 4), 5), ((16, 8), 5), ((12,), 3), ((), 1)])
 @pytest.mark.parametrize("rows", [1, 3, FusedEnsemble.NUMPY_ROWS])
 def test_the_numpy_route_is_the_fused_mean(hidden: tuple[int, ...], members: int, rows: int) -> None:
     torch.manual_seed(0)
