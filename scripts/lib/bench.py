@@ -564,8 +564,11 @@ def render(results: dict[str, Any]) -> str:
                   f"{row['floor_rps']:.0f} | {spread(row)} | {row['server_p50']:.2f} / {row['server_p99']:.2f} | "
                   f"{row['floor_p50']:.2f} / {row['floor_p99']:.2f} | {ceiling(row)} |" for row in results["mlflow"]]
     if "training" in results:
+        from bench_compare import CARS_REPEATS
+
         lines += ["", "### Training (seeded 80/20 split, held-out RMSE in the target's units, wall time of the "
-                  "fit on this machine: the median of 5 fits on the used cars, 3 on the synthetic rows, 1 on "
+                  f"fit on this machine: the median of {CARS_REPEATS} fits on the used cars, 3 on the "
+                  "synthetic rows, 1 on "
                   "LaptopSales, the models of a data set taking turns, each fit with the garbage collector "
                   "paused as timeit does)" + carried(results, "training"),
                   "", "| data | model | wall time s | RMSE |", "|---|---|---|---|"]
