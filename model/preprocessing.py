@@ -67,14 +67,15 @@ class Preprocessor:
             out[every_row, position + slots] = 1.0
         return out
 
-    def encode_row(self, cells: Sequence[Cell]) -> np.ndarray | None:
-        """What `encode` makes of a one-row table holding `cells` (one per feature, in schema order), bit for
-        bit, as a (1, n_inputs) matrix; or None for a row that needs encode's general handling: a numeric
-        cell that is missing, not a finite number, or beyond float32 once scaled; a category not spelled
-        exactly as a training level (unknown, missing, or another spelling such as " 1" or 1.0). The caller
-        builds a Table for a None.
+    def encode_row(self, cells: Sequence[Cell]) -> list[float] | None:
+        """What `encode` makes of a one-row table holding `cells` (one per feature, in schema order): a list
+        of n_inputs floats that are encode's bits once rounded to float32 (`np.array([values], np.float32)`;
+        Regressor.predict_row takes the list itself). Or None for a row that needs encode's general
+        handling: a numeric cell that is missing, not a finite number, or beyond float32 once scaled; a
+        category not spelled exactly as a training level (unknown, missing, or another spelling such as
+        " 1" or 1.0). The caller builds a Table for a None.
 
-        Plain Python arithmetic and one numpy call: float() accepts and rounds exactly what encode's numpy
+        Plain Python arithmetic, no numpy call: float() accepts and rounds exactly what encode's numpy
         conversion of the same cells does (it calls float() on each), and float64 subtraction and division
         round the same in Python as in numpy. A single-row request spends ~7 us here where encode and its
         Table cost ~25 us; more in a serving worker, where a dozen numpy calls run from cold caches."""
@@ -94,7 +95,7 @@ class Preprocessor:
             if slot is None:
                 return None
             vector[position + slot] = 1.0
-        return np.array([vector], dtype=np.float32)
+        return vector
 
     def _scaled_numbers(self, table: Table, plan: _EncodingPlan) -> np.ndarray:
         """(rows, numeric features) float64, scaled; a missing value is 0 (the training mean)."""
@@ -140,6 +141,14 @@ class Preprocessor:
     def decode_target(self, scaled: np.ndarray) -> np.ndarray:
         if scaled.shape == (1,) and (one := self._decode_one(float(scaled[0]))) is not None:
             return one
+        return self._decode_array(scaled)
+
+    def decode_one(self, scaled: float) -> np.ndarray:
+        """decode_target of the one float32 value `scaled` (as a Python float), the same bits: shape (1,)."""
+        one = self._decode_one(scaled)
+        return one if one is not None else self._decode_array(np.array((scaled,), np.float32))
+
+    def _decode_array(self, scaled: np.ndarray) -> np.ndarray:
         values = scaled.astype(np.float64) * self.target_scale[1] + self.target_scale[0]
         with np.errstate(over="ignore"):   # inf, as above: the caller judges non-finite predictions
             return np.exp(values) if self.target_transform == "log" else values

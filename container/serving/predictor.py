@@ -88,7 +88,7 @@ class Predictor:
         try:
             if not params and options is NO_OPTIONS and (encoded := self._plain_row(body, mimetype)) is not None:
                 self.limits.check_rows(1)
-                rows, predictions, extras = 1, self.regressor.predict_encoded(encoded), None
+                rows, predictions, extras = 1, self.regressor.predict_row(encoded), None
             else:
                 table = codecs.decode(body, mimetype, params, self.schema)
                 rows = table.n_rows
@@ -101,11 +101,11 @@ class Predictor:
         content_type = self._content_types.get(response_type) or get_content_type(response_type, "utf-8")
         return Answer(payload, content_type, rows=rows)
 
-    def _plain_row(self, body: bytes, mimetype: str) -> np.ndarray | None:
+    def _plain_row(self, body: bytes, mimetype: str) -> list[float] | None:
         """The encoded row of a body holding one row in its plainest spelling (plainrow.py) whose cells
         encode without the general handling (Preprocessor.encode_row); None sends the body through
         codecs.decode and a Table. Same predictions either way: encode_row makes encode's bits, and
-        predict_encoded is what predict runs."""
+        predict_row is predict_encoded, what predict runs, for that one row."""
         cells = plain_row(body, mimetype, self.schema)
         return None if cells is None else self.regressor.preprocessor.encode_row(cells)
 

@@ -312,6 +312,8 @@ def profile(model_dir: pathlib.Path) -> dict[str, float]:
     predictor = Predictor(regressor)   # freezes the regressor, as a serving worker does
     fused = FusedEnsemble.of(regressor.network)
     assert fused is not None
+    row_mean, row_values = fused.row_mean, encoded[0].tolist()
+    assert row_mean is not None, "the one-row kernel is not built: run scripts/bootstrap"
 
     def torch_fused() -> object:
         with torch.inference_mode():
@@ -320,7 +322,9 @@ def profile(model_dir: pathlib.Path) -> dict[str, float]:
     out = {"Table + encode": best(lambda: regressor.preprocessor.encode(Table.from_rows(names, [line.split(",")]))),
            "plain row + encode_row": best(lambda: predictor._plain_row(body, "text/csv")),
            "network, torch fused": best(torch_fused),
-           "network, numpy route (up to 64 rows)": best(lambda: fused.numpy_mean(encoded.numpy())),
+           "network, numpy route (2 to 64 rows; one row before the kernel)":
+               best(lambda: fused.numpy_mean(encoded.numpy())),
+           "network, one-row kernel (model/_rowmlp.c)": best(lambda: row_mean(row_values)),
            "network, module by module + eval() (before)": best(module_by_module),
            "Regressor.predict (Table in)": best(lambda: regressor.predict(table)),
            "WSGI call, Flask route": best(wsgi(False), 1000),

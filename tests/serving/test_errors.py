@@ -198,7 +198,9 @@ def test_a_bug_is_a_logged_500_without_traceback_in_the_body(client: FlaskClient
     def broken(self: Regressor, encoded: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(Regressor, "predict_encoded", broken)   # where every request's rows are computed
+    # where every request's rows are computed: one plain row, and everything else
+    monkeypatch.setattr(Regressor, "predict_row", broken)
+    monkeypatch.setattr(Regressor, "predict_encoded", broken)
     with caplog.at_level(logging.ERROR, logger="hyperplane.serve"):
         error = _error(client.post("/invocations", data=csv_body(ROWS[:1]), content_type="text/csv"), 500)
     assert "secret" not in json.dumps(error)

@@ -107,8 +107,9 @@ def test_generated_rows_answer_as_the_general_path(mixed_model: Regressor, row: 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(row=rows())
 def test_encode_row_is_encode_bit_for_bit_or_declines(mixed_model: Regressor, row: list[str]) -> None:
-    encoded = mixed_model.preprocessor.encode_row(row)
-    if encoded is not None:
+    values = mixed_model.preprocessor.encode_row(row)
+    if values is not None:
+        encoded = np.array([values], np.float32)
         reference = mixed_model.preprocessor.encode(Table.from_rows(FEATURES, [row]))
         assert encoded.dtype == reference.dtype and encoded.tobytes() == reference.tobytes()
 
