@@ -52,7 +52,8 @@ PULL_ANSWERED = re.compile(r"Pulling from|Pulling fs layer|Already exists|Digest
 @dataclasses.dataclass(frozen=True)
 class Host:
     """The machine: os is linux/macos/..., arch x86_64/aarch64/..., apt means apt-get and dpkg-query exist,
-    compiler that a C compiler works (sagemaker-training builds a C extension in the dev venv)."""
+    compiler that a C compiler works (the dev venv builds C extensions: sagemaker-training's and the project's
+    own model/_rowmlp.c)."""
 
     os: str
     arch: str
@@ -162,7 +163,8 @@ def _rank(interpreter: Interpreter) -> int:
 
 
 def _build_needs(host: Host, interpreter: Interpreter) -> list[str]:
-    """What the dev venv lacks to compile sagemaker-training's C extension with this interpreter."""
+    """What the dev venv lacks to compile C extensions (sagemaker-training's, model/_rowmlp.c) with this
+    interpreter."""
     needs = []
     if not host.compiler:
         needs.append("a C compiler")
@@ -196,7 +198,7 @@ def _need_system_packages(host: Host, packages: Sequence[str], why: str, elsewhe
 
 def choose_python(host: Host, found: Sequence[Interpreter], purpose: str, torch_version: str,
                   apt_versions: Sequence[str] | None = None) -> Plan:
-    """The interpreter for a venv. purpose: `dev` (.venv: compiles sagemaker-training, so a Python with
+    """The interpreter for a venv. purpose: `dev` (.venv: compiles C extensions, so a Python with
     headers and a compiler is preferred) or `sdk` (.venv-sdk2/3). found: the interpreters on PATH in PATH
     order (or HYPERPLANE_PYTHON's alone). apt_versions: the python3.X packages apt could install (3.11..3.13),
     None when unknown. Plans: use (python, version, tag), apt (packages, why; then ask again) or fail."""

@@ -265,3 +265,32 @@ def test_a_disabled_logger_writes_nothing_later(
         log.disabled = False
     handler.flush()
     assert stream.getvalue() == ""
+
+
+SERVE_FORMAT = ("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S %z")
+
+
+@pytest.mark.parametrize(("fmt", "datefmt", "style", "per_second"), [
+    (*SERVE_FORMAT, "%", True),
+    ("%(levelname)-8s|%(name)s|%(message)s [pid %(process)d, %(asctime)s]", "%H:%M:%S", "%", True),
+    ("%(asctime)s %(message)s", None, "%", False),                   # the default datefmt adds milliseconds
+    ("%(asctime)s.%(msecs)03d %(threadName)s %(message)s", "%H:%M:%S", "%", False),
+    ("{asctime} {name}: {message}", "%H:%M:%S", "{", False),
+])
+def test_a_deferred_line_is_what_the_formatter_makes_of_the_record(
+        fmt: str, datefmt: str | None, style: str, per_second: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferred lines are made a second's prefix at a time where the format allows it, and from a LogRecord
+    where it does not: the same text either way, across second boundaries and for odd arguments."""
+    handler = BufferedStreamHandler(io.StringIO(), interval_s=3600)
+    formatter = logging.Formatter(fmt, datefmt, style)   # type: ignore[arg-type]
+    handler.setFormatter(formatter)
+    cases = [(1_700_000_000.999, "rows=%s latency_ms=%.1f", (1, 0.25)), (1_700_000_001.0, "rows=%s", (2,)),
+             (1_700_000_001.5, "100%% of %(what)s", ({"what": "rows"},)), (1_700_000_061.0, "no args", ()),
+             (1_700_000_061.2, "%s", ("50% done",))]
+    for created, message, args in cases:
+        monkeypatch.setattr(time, "time", lambda created=created: created)
+        record = logging.LogRecord("hyperplane.access", logging.INFO, "", 0, message, args, None)
+        monkeypatch.undo()
+        assert handler._line(("hyperplane.access", created, message, args)) == formatter.format(record) + "\n"
+        assert handler._prefixes.usable is per_second   # the faster way is taken where it applies
+    handler.close()
