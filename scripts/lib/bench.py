@@ -47,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -118,6 +118,9 @@ def main() -> None:
             results["big_csv"] = big_csv(server, model_dir, rows, args.repeats)
             results["memory"]["after_big_csv_mib"] = worker_rss_mib(server)
             results["memory"]["after_more_big_csv_mib"] = settle(server, rows)
+            with container(["serve"], model_dir, {"LOG_LEVEL": "WARNING"}) as quiet:
+                results["no_access_line"] = without_access_lines(server, quiet, floor, bodies, args.repeats,
+                                                                 args.seconds)
         results["cold_start"] = cold_start(model_dir, args.repeats)
         results["images"] = image_sizes()
     if args.mlflow:
@@ -224,11 +227,13 @@ def docker(*args: str) -> str:
 
 
 @contextmanager
-def container(command: list[str], model_dir: pathlib.Path) -> Iterator[Container]:
+def container(command: list[str], model_dir: pathlib.Path, env: Mapping[str, str] | None = None
+              ) -> Iterator[Container]:
     port = free_port()
     started = time.monotonic()
+    settings = [f"--env={name}={value}" for name, value in (env or {}).items()]
     cid = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_dir}:/opt/ml/model:ro",
-                 "-v", f"{WORK}:/bench:ro", "-e", f"SAGEMAKER_MODEL_SERVER_WORKERS={WORKERS}",
+                 "-v", f"{WORK}:/bench:ro", "-e", f"SAGEMAKER_MODEL_SERVER_WORKERS={WORKERS}", *settings,
                  IMAGE, *command).strip()
     box = Container(cid, port, started)
     try:
@@ -404,6 +409,26 @@ def single_row(server: Container, floor: Container, bodies: dict[str, tuple[str,
                              for name, box in (("server", server), ("floor", floor))}, repeats)
         row = summary(runs, form=form, client=client, c=connections)
         log(f"single row {form} {client} c={connections}: {row}")
+        out.append(row)
+    return out
+
+
+def without_access_lines(server: Container, quiet: Container, floor: Container,
+                         bodies: dict[str, tuple[str, bytes]], repeats: int, seconds: float) -> list[dict[str, Any]]:
+    """Single rows (wrk, c=8) from the same image with LOG_LEVEL=WARNING, which writes no line per request,
+    in rounds with the server as measured above and the floor: what the access line the product writes
+    for every request (README, "Logs") costs through Docker's log pipeline. Each row's ratio is the quiet
+    server's to the floor; `logged_vs_quiet` the server's to the quiet one's, round by round."""
+    out = []
+    for form, (content_type, body) in bodies.items():
+        wrk(quiet.port, content_type, body, 8, 1)   # warm, as single_row warms the others
+        runs = side_by_side({name: functools.partial(wrk, box.port, content_type, body, 8, seconds)
+                             for name, box in (("server", server), ("quiet", quiet), ("floor", floor))}, repeats)
+        row = summary({"server": runs["quiet"], "floor": runs["floor"], "logged": runs["server"]},
+                      form=form, client="wrk", c=8)
+        row["logged_vs_quiet"] = statistics.median(logged["rps"] / quiet_run["rps"] for logged, quiet_run
+                                                   in zip(runs["server"], runs["quiet"], strict=True))
+        log(f"single row {form} wrk c=8 without the access line: {row}")
         out.append(row)
     return out
 
@@ -667,6 +692,16 @@ def serving_tables(results: dict[str, Any], spread: Callable[[dict[str, Any]], s
         lines.append(f"| {row['form']} | {row['client']} | {row['c']} | {row['server_rps']:.0f} | "
                      f"{row['floor_rps']:.0f} | {spread(row)} | {row['server_p50']:.2f} / {row['server_p99']:.2f} | "
                      f"{row['floor_p50']:.2f} / {row['floor_p99']:.2f} |")
+    if "no_access_line" in results:
+        lines += ["", "Without the access line: the same image with `LOG_LEVEL=WARNING`, which writes no line "
+                  "per request, measured in rounds of its own beside the server above and the floor (wrk, c=8). "
+                  "The product writes one line per request (README: \"Each request logs one key=value line\"), which "
+                  "passes through Docker's log pipeline (containerd-shim, dockerd's json-file driver) on the same "
+                  "CPUs; the floor logs nothing.", "",
+                  "| body | without the line req/s | ratio to the floor | with the line req/s | with / without |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {row['form']} | {row['server_rps']:.0f} | {spread(row)} | {row['logged_rps']:.0f} | "
+                  f"{row['logged_vs_quiet']:.2f}x |" for row in results["no_access_line"]]
     if "profile" in results:
         lines += ["", "### In-process profile of one single-row CSV request (us per call, 1 torch thread)", "",
                   "| step | us |", "|---|---|"]
