@@ -4,9 +4,10 @@
 
 A single-row prediction is the request a SageMaker endpoint sees most. numpy computes it in 8 calls,
 each through numpy's general dispatch, and in a serving worker, where the caches are cold between
-requests, those calls cost ~30 us of a ~210 us request (docs/benchmarks.md). This computes the same
-sums in one call of ~2 us, and reads only the weights it needs: an input that is 0 (most of a row is
-one-hot zeros) and a hidden unit the ReLU set to 0 add nothing, so their weight rows are skipped.
+requests, those calls cost ~30 us of a ~230 us request (docs/benchmarks.md). This computes the same
+sums in one call of ~4 us on the default model, and reads only the weights it needs: an input that is
+0 (most of a row is one-hot zeros) and a hidden unit the ReLU set to 0 add nothing, so their weight
+rows are skipped.
 
 The layout is model/network.py's _numpy_layers, every array float32 and flattened into `packed` in
 this order; `dims` = (inputs, members, width, out_2, ..., out_k), widths counting the constant unit
