@@ -27,8 +27,7 @@ and the time, and the record is made and formatted when its batch is written, wi
 `created`; for a format like serve.py's, whose fields but the message are the same for a whole second,
 the writer makes that prefix once a second and no record at all (_InfoPrefixes). The line is the one
 logger.info would have written, in the same place among the others; only `thread` and `threadName` are
-the writer's. Any other configuration (a test's caplog, a user's handler)
-gets logger.info itself.
+the writer's. Any other configuration (a test's caplog, a user's handler) gets logger.info itself.
 
 Why: on 2 cores behind Docker's log pipeline, one unbuffered stderr write per request cost about a third
 of single-row throughput (docs/benchmarks.md, "Serving and training speed"). And in a serving worker,

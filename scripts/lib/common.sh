@@ -83,17 +83,6 @@ then run this again."
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# need_c_build PYTHON: a C compiler and PYTHON's headers, which the project's C extension (model/_rowmlp.c)
-# compiles with when PYTHON installs the project; installed where missing (Debian-like machines, as root).
-need_c_build() {
-  local python=${1:?} include version
-  include=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-  command -v cc >/dev/null && [ -f "$include/Python.h" ] && return 0
-  version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-  apt_ensure --why "the project's C extension (model/_rowmlp.c) compiles with gcc and Python $version's headers" \
-    gcc libc6-dev "python$version-dev"
-}
-
 # plan ARGS...: scripts/lib/setup_plan.py ARGS (the decisions), run by the Python need_planner found.
 PLANNER_PYTHON=
 plan() {
