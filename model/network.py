@@ -18,7 +18,7 @@ On the CPU, a few rows (at most `FusedEnsemble.NUMPY_ROWS`, a single-row request
 numpy views of the same stacked weights: one torch call costs ~4 us of dispatch before any arithmetic, and
 releases the GIL, which a serving worker's other threads then take; a row through numpy costs ~10 us in
 all against ~24 us through torch. One row alone (`FusedEnsemble.row_mean`) goes through one call of a
-small C extension over the same numpy layout (model/_rowmlp.c): ~4 us on the default model where numpy's
+small C extension over the same numpy layout (model/_rowmlp.c): ~2.5 us on the default model where numpy's
 8 calls take ~9, and ~30 us less CPU a request in a serving worker (docs/benchmarks.md). Where the
 extension is not built (a source checkout never bootstrapped), `row_mean` is None and one row takes the
 numpy route.

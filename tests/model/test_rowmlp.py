@@ -4,6 +4,13 @@ memory they do not own; and networks it cannot compute exactly are left to numpy
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+import platform
+import shlex
+import subprocess
+import sysconfig
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +99,45 @@ def test_a_row_predicts_the_same_bits_from_a_list_an_array_and_a_batch_of_one() 
         assert alone.dtype == np.float64 and alone.tobytes() == batch.tobytes()
         pair = regressor.predict_encoded(np.array([values, values], np.float32))   # numpy's route: close
         np.testing.assert_allclose(pair, np.concatenate([alone, alone]), rtol=1e-6)
+
+
+def _cpu_flags() -> set[str]:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the forward pass is cloned per instruction set on x86-64")
+def test_every_instruction_set_gives_the_same_bits(tmp_path: pathlib.Path) -> None:
+    """The built module runs its AVX2 clone where the CPU has AVX2; the source built for one target at a
+    time (SSE, x86-64's baseline, AVX2, and AVX-512 in case a clone is ever added for it) answers the same
+    bits, so a model predicts the same on every machine: nothing fuses a multiply and an add, nothing
+    reorders a sum."""
+    flags = _cpu_flags()
+    targets = {"sse": "-mno-avx", "avx2": "-mavx2", "avx512f": "-mavx512f"}
+    runnable = {name: flag for name, flag in targets.items() if name == "sse" or name in flags}
+    source = pathlib.Path(_rowmlp.__file__).with_name("_rowmlp.c")
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    variants = {}
+    for name, flag in runnable.items():
+        built = tmp_path / name / f"_rowmlp{suffix}"
+        built.parent.mkdir()
+        subprocess.run([*compiler, "-shared", "-fPIC", "-O3", "-ffp-contract=off", flag, "-DROWMLP_ONE_TARGET",
+                        f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(built)], check=True)
+        spec = importlib.util.spec_from_file_location("_rowmlp", built)
+        assert spec is not None and spec.loader is not None
+        variants[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(variants[name])
+    generator = np.random.default_rng(3)
+    for hidden, members, inputs in (((128, 64), 5, 36), ((16, 8, 4), 3, 7), ((33,), 1, 50), ((200, 31, 17), 2, 100)):
+        fused = fused_of(hidden, members, inputs)
+        assert fused.row_mean is not None
+        packed, dims = fused.row_mean.args   # type: ignore[attr-defined]   # a functools.partial
+        for _ in range(300):
+            row = (generator.normal(size=inputs) * (generator.random(inputs) < 0.5)).astype(np.float32)
+            values = [float(value) for value in row]
+            expected = _rowmlp.mean(packed, dims, values)
+            assert {name: module.mean(packed, dims, values) for name, module in variants.items()} == \
+                dict.fromkeys(variants, expected), (hidden, values)
