@@ -640,9 +640,10 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             # three digits: 0.749 must not read as the 0.75 it misses
             say(row["ratio"] >= 0.75, f"single-row {row['form']} at concurrency 8 is {row['ratio']:.3g}x the floor "
                 f"(target 0.75x, aim 0.9x)")
+            # two decimals: 3.04 must not read as the 3.0 it misses
             say(row["server_p99"] <= 3 * row["server_p50"], f"single-row {row['form']} c=8 p99 is "
-                f"{row['server_p99'] / row['server_p50']:.1f}x p50 (target at most 3x; the floor's own "
-                f"{row['floor_p99'] / row['floor_p50']:.1f}x in the same rounds)")
+                f"{row['server_p99'] / row['server_p50']:.2f}x p50 (target at most 3x; the floor's own "
+                f"{row['floor_p99'] / row['floor_p50']:.2f}x in the same rounds)")
     if "mlflow" in results:
         for workers in sorted({row["workers"] for row in results["mlflow"]}):
             rows = [row for row in results["mlflow"] if row["workers"] == workers]
