@@ -67,6 +67,9 @@ def test_the_server_limits_the_arenas_before_it_starts(monkeypatch: pytest.Monke
     calls: list[str] = []
     monkeypatch.setattr(memory, "limit_arenas", lambda: calls.append("arenas") or True)
     monkeypatch.setattr(gunicorn_app.ServerApplication, "run", lambda self: calls.append("run"))
+    # the server's logging set-up replaces the root logger's handlers for good: not in this test process,
+    # whose later tests would log through a buffered handler that writes only at exit
+    monkeypatch.setattr(serve, "configure_logging", lambda level: None)
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(ROOT / "build" / "no-such-base"))
     assert serve.main(["serve"]) == 0
     assert calls == ["arenas", "run"]
