@@ -24,7 +24,7 @@ from container.serving.codecs import CSV, JSON, JSONLINES, InputSchema
 from model.table import Cell
 
 _NOT_CSV = ('"', "\r", "\n", "\x00")   # quoting, a second line, a NUL: the csv module's business
-_VALUE_TYPES = (str, int, float, bool)   # codecs._cell's accepted types, None aside (missing: not plain)
+_VALUE_TYPES = frozenset((str, int, float, bool))   # codecs._cell's types, None aside (missing: not plain)
 
 
 def plain_row(body: bytes, mimetype: str, schema: InputSchema) -> Sequence[Cell] | None:
@@ -71,4 +71,4 @@ def _json_row(row: Any, schema: InputSchema) -> Sequence[Cell] | None:
     elif type(row) is not list or len(row) != len(names):
         return None
     cells: Sequence[Cell] = row
-    return cells if all(type(value) in _VALUE_TYPES for value in cells) else None
+    return cells if _VALUE_TYPES.issuperset(map(type, cells)) else None   # exact types: no subclass

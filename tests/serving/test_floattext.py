@@ -151,3 +151,13 @@ def test_a_non_finite_value_is_the_same_400_naming_its_row(mimetype: str, bad: f
         old = _outcome(_old_encode, values, mimetype, extras=extras)
         assert old[0] == "invalid"
         assert _outcome(codecs.encode, values, mimetype, extras=extras) == old
+
+
+def test_a_few_json_predictions_are_what_json_dumps_writes() -> None:
+    """Below FLOATTEXT_MIN_ROWS a JSON body is joined from repr(); json.dumps writes floats the same way."""
+    values = _edges()
+    values = values[np.isfinite(values)]
+    for value in values:
+        assert codecs.encode(np.array([value]), codecs.JSON) == json.dumps({"predictions": [float(value)]}).encode()
+    some = values[:codecs.FLOATTEXT_MIN_ROWS - 1]
+    assert codecs.encode(some, codecs.JSON) == json.dumps({"predictions": some.tolist()}).encode()
