@@ -6,9 +6,8 @@ A single-row prediction is the request a SageMaker endpoint sees most. numpy com
 each through numpy's general dispatch, and in a serving worker, where the caches are cold between
 requests, those calls cost ~30 us of a ~230 us request (docs/benchmarks.md). This computes the same
 sums in one call of ~2.5 us on the default model (~4 us in SSE, x86-64's baseline; the forward pass
-is compiled for AVX2 too), and reads only the weights it needs: an input that is
-0 (most of a row is one-hot zeros) and a hidden unit the ReLU set to 0 add nothing, so their weight
-rows are skipped.
+is compiled for AVX2 too), and reads only the weights it needs: an input that is 0 (most of a row is
+one-hot zeros) and a hidden unit the ReLU set to 0 add nothing, so their weight rows are skipped.
 
 The layout is model/network.py's _numpy_layers, every array float32 and flattened into `packed` in
 this order; `dims` = (inputs, members, width, out_2, ..., out_k), widths counting the constant unit
@@ -29,8 +28,9 @@ sum for finite weights, which FusedEnsemble checks before it uses this.
 #include <Python.h>
 #include <string.h>
 
-/* Activations live on the stack: two buffers of this many floats (64 KiB). FusedEnsemble declines
-   wider layers (MAX_WIDTH in network.py). */
+/* The row and the activations live on the stack: three buffers of this many floats (96 KiB, well
+   within a thread's 8 MiB). FusedEnsemble declines wider layers (MAX_WIDTH in network.py); read_dims
+   refuses more inputs. */
 #define MAX_WIDTH 8192
 
 /* x86-64 with gcc: `forward` for AVX2 and for the baseline (see there); elsewhere, or built with
