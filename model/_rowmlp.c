@@ -29,8 +29,8 @@ sum for finite weights, which FusedEnsemble checks before it uses this.
 #include <string.h>
 
 /* The row and the activations live on the stack: three buffers of this many floats (96 KiB, well
-   within a thread's 8 MiB). FusedEnsemble declines wider layers (MAX_WIDTH in network.py); read_dims
-   refuses more inputs. */
+   within a thread's 8 MiB). The module exports it as MAX_WIDTH: FusedEnsemble declines a network with
+   more inputs or a wider layer, which read_dims would refuse. */
 #define MAX_WIDTH 8192
 
 /* x86-64 with gcc: `forward` for AVX2 and for the baseline (see there); elsewhere, or built with
@@ -188,4 +188,12 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rowmlp",
                                     "One row through a fused MLP ensemble in one C call.", -1, methods};
 
-PyMODINIT_FUNC PyInit__rowmlp(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__rowmlp(void)
+{
+    PyObject *made = PyModule_Create(&module);
+    if (made != NULL && PyModule_AddIntConstant(made, "MAX_WIDTH", MAX_WIDTH) < 0) {
+        Py_DECREF(made);
+        return NULL;
+    }
+    return made;
+}

@@ -72,9 +72,6 @@ class FusedEnsemble:
     # one thread (1 row 11 against 24 us, 64 rows 93 against 124 us), but torch's multi-threaded kernels win
     # on big blocks, so only small requests take it.
     NUMPY_ROWS = 64
-    # Widest layer, all members side by side, that model/_rowmlp.c computes (its activations sit on the
-    # stack); a wider network's single rows take the numpy route.
-    ROW_KERNEL_WIDTH = 8192
 
     def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor],
                  parameters: list[nn.Parameter]) -> None:
@@ -92,8 +89,7 @@ class FusedEnsemble:
         self.row_mean: Callable[[list[float]], float] | None = None
         if self.arrays is not None:
             self._first, self._middle, self._last = _numpy_layers(self.arrays)
-            self.row_mean = _row_kernel(self._first, self._middle, self._last, self.members,
-                                        self.ROW_KERNEL_WIDTH)
+            self.row_mean = _row_kernel(self._first, self._middle, self._last, self.members)
         self._stamp = self._current_stamp()
         self.frozen = False   # set by Regressor.freeze: the weights will not change, stale() need not look
 
@@ -217,10 +213,11 @@ def _numpy_layers(arrays: list[tuple[np.ndarray, np.ndarray]]
 
 
 def _row_kernel(first: tuple[np.ndarray, np.ndarray], middle: list[np.ndarray], last: np.ndarray | None,
-                members: int, max_width: int) -> Callable[[list[float]], float] | None:
+                members: int) -> Callable[[list[float]], float] | None:
     """model/_rowmlp.c's `mean` bound to _numpy_layers' arrays packed into one buffer, or None where it does
-    not apply: no hidden layer (the linear model: numpy's one product is as cheap), a layer wider than it
-    computes, weights that are not all finite (it skips a zero input's weights, where numpy would add
+    not apply: no hidden layer (the linear model: numpy's one product is as cheap), more inputs or a layer
+    wider than it computes (_rowmlp.MAX_WIDTH, its stack buffers; a category of many levels makes many
+    inputs), weights that are not all finite (it skips a zero input's weights, where numpy would add
     0 x inf = nan), or an extension that was never built."""
     if last is None:
         return None
@@ -230,7 +227,7 @@ def _row_kernel(first: tuple[np.ndarray, np.ndarray], middle: list[np.ndarray], 
         return None
     weights, biases = first
     dims = (weights.shape[0], members, weights.shape[1], *(layer.shape[2] for layer in middle))
-    if max([dims[2], *(members * width for width in dims[3:])]) > max_width:
+    if max([dims[0], dims[2], *(members * width for width in dims[3:])]) > _rowmlp.MAX_WIDTH:
         return None
     packed = np.concatenate([weights.reshape(-1), biases.reshape(-1), *(layer.reshape(-1) for layer in middle),
                              last])

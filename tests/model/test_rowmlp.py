@@ -60,6 +60,16 @@ def test_the_linear_model_wide_layers_and_non_finite_weights_take_numpy() -> Non
     assert fused is not None and fused.row_mean is None
     wide = fused_of((3000,), 3)   # 3 x 3001 units side by side: more than the kernel's stack holds
     assert wide.row_mean is None and wide.numpy_mean(np.ones((1, 7), np.float32)).shape == (1,)
+    many = _rowmlp.MAX_WIDTH + 1   # inputs: a category of many levels; one row still predicts, through numpy
+    torch.manual_seed(0)
+    regressor = Regressor(Preprocessor(Schema("y", tuple(Feature(f"x{i}", Kind.NUMERIC) for i in range(many))),
+                                       {f"x{i}": (0.0, 1.0) for i in range(many)}, {}, "none", (0.0, 1.0)),
+                          build_network(many, (4,), 0.0, 2), TrainingConfig())
+    row = [0.5] * many
+    assert FusedEnsemble.of(regressor.network).row_mean is None   # type: ignore[union-attr]
+    np.testing.assert_allclose(regressor.predict_row(row), regressor.predict_encoded(np.array([row, row],
+                                                                                            np.float32))[:1],
+                               rtol=1e-6)
 
 
 def test_bad_arguments_raise() -> None:
