@@ -28,7 +28,7 @@ from model.schema import (
     Kind,
     Schema,
     as_float_column,
-    canonical_category,
+    category_levels,
     infer_schema,
     is_missing,
     parse_number,
@@ -89,8 +89,7 @@ def agreed_preprocessor(table: Table, schema: Schema, target_transform: str, gro
     stds = np.sqrt(np.divide(squares, counts_sums[:, 0], out=np.zeros(len(present)), where=counts_sums[:, 0] > 0))
     scale = [(float(mean), float(std) if std > 0 else 1.0) for mean, std in zip(means, stds, strict=True)]
     categorical = [f.name for f in schema.features if f.kind is Kind.CATEGORICAL]
-    levels = group.gather({name: {canonical_category(c) for c in table.columns[name] if not is_missing(c)}
-                           for name in categorical})
+    levels = group.gather({name: category_levels(table.columns[name]) for name in categorical})
     categories = {name: tuple(sorted(set().union(*(rank_levels[name] for rank_levels in levels))))
                   for name in categorical}
     return Preprocessor(schema, dict(zip(numeric_names, scale[:-1], strict=True)), categories, target_transform,

@@ -84,4 +84,4 @@ def calibrate(predictions: np.ndarray, truth: np.ndarray, target_transform: str)
     predicted, actual = np.asarray(predictions, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     # log: the targets are positive (training checks it) and so are exp-decoded predictions
     errors = np.log(actual) - np.log(predicted) if space == "log" else actual - predicted
-    return Calibration(space, tuple(float(r) for r in np.sort(np.abs(errors))))
+    return Calibration(space, tuple(np.sort(np.abs(errors)).tolist()))

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import DataError, shown
-from model.schema import Kind, Schema, as_float_column, canonical_category, is_missing
+from model.schema import Kind, Schema, as_float_column, canonical_category, category_levels, is_missing
 from model.table import Cell, Table
 
 TARGET_TRANSFORMS = ("none", "log")
@@ -39,6 +39,12 @@ class Preprocessor:
     def n_inputs(self) -> int:
         return sum(1 if f.kind is Kind.NUMERIC else 1 + len(self.categories[f.name])
                    for f in self.schema.features)
+
+    @property
+    def one_hot_blocks(self) -> tuple[tuple[int, int], ...]:
+        """Each categorical feature's columns in encode's matrix as (first column, width): every row has
+        exactly one 1 there, in the unknown slot or its level's."""
+        return tuple((position, 1 + len(slots)) for _, position, slots in self._encoding.categorical)
 
     def encode(self, table: Table) -> np.ndarray:
         """The (rows, n_inputs) float32 matrix for `table`, which must hold every feature column.
@@ -241,8 +247,7 @@ def fit_preprocessor(table: Table, schema: Schema, target_transform: str) -> Pre
             std = float(present.std()) if present.size else 0.0
             numeric[feature.name] = (mean, std if std > 0 else 1.0)   # a constant column scales to 0
         else:
-            levels = {canonical_category(c) for c in table.columns[feature.name] if not is_missing(c)}
-            categories[feature.name] = tuple(sorted(levels))
+            categories[feature.name] = tuple(sorted(category_levels(table.columns[feature.name])))
     target = target_values(table, schema.target, target_transform)
     transformed = np.log(target) if target_transform == "log" else target
     std = float(transformed.std())

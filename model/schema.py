@@ -78,6 +78,12 @@ def canonical_category(cell: Cell) -> str:
     return str(cell).strip()
 
 
+def category_levels(values: np.ndarray) -> set[str]:
+    """The canonical spellings of a column's present cells. Each distinct cell is spelled once: a
+    postcode-like column of 200k rows holds a few hundred."""
+    return {canonical_category(cell) for cell in dict.fromkeys(values.tolist()) if not is_missing(cell)}
+
+
 def infer_schema(table: Table, target: str | None, categorical_columns: Sequence[str] = (),
                  drop_columns: Sequence[str] = (), infer_kinds: bool = True) -> Schema:
     """Schema of `table`; `target` defaults to the first column (SageMaker's headerless-CSV convention).
@@ -112,7 +118,13 @@ def _infer_kind(table: Table, name: str) -> Kind:
         return Kind.NUMERIC
     except (TypeError, ValueError):
         pass
-    present = [i for i, cell in enumerate(values) if not is_missing(cell)]
+    missing = _missing_cells(values)
+    try:   # a numeric column with gaps: its present cells convert together
+        values[~missing].astype(np.float64)
+        return Kind.NUMERIC
+    except (TypeError, ValueError):
+        pass
+    present = np.flatnonzero(~missing).tolist()
     words = [i for i in present if parse_number(values[i]) is None]
     if not words:
         return Kind.NUMERIC
@@ -134,6 +146,15 @@ def as_float_column(table: Table, name: str) -> np.ndarray:
             return fast
     except (TypeError, ValueError):
         pass
+    missing = _missing_cells(values)
+    try:   # a column with gaps: the present cells convert together, the missing ones are NaN
+        present = values[~missing].astype(np.float64)
+        if np.isfinite(present).all():
+            out = np.full(len(values), np.nan)
+            out[~missing] = present
+            return out
+    except (TypeError, ValueError):
+        pass
     out = np.empty(len(values), dtype=np.float64)
     for i, cell in enumerate(values):
         if is_missing(cell):
@@ -147,3 +168,8 @@ def as_float_column(table: Table, name: str) -> np.ndarray:
                             "empty to mark it missing)", row=table.label(i), column=name)
         out[i] = number
     return out
+
+
+def _missing_cells(values: np.ndarray) -> np.ndarray:
+    """is_missing of every cell, as a boolean array."""
+    return np.fromiter(map(is_missing, values.tolist()), dtype=bool, count=len(values))

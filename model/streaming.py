@@ -21,9 +21,10 @@ Passes over the training channel:
   result equals fit_preprocessor() on the training rows up to float rounding. A categorical column with
   more than MAX_LEVELS levels fails (its one-hot encoding alone would not fit either).
 - the linear model (hidden_layers empty): pass 1 sums X^T X and X^T y over the training rows in float64
-  and solves the normal equations with an SVD least-squares solver (the minimum-norm solution, which also
-  covers the one-hot columns that are collinear with the bias): exactly the least-squares optimum that
-  numpy.linalg.lstsq gives on the encoded rows, where fit() approaches it with L-BFGS.
+  (model/normal_equations.py, which counts the one-hot blocks) and solves the normal equations with an SVD
+  least-squares solver (the minimum-norm solution, which also covers the one-hot columns that are
+  collinear with the bias): exactly the least-squares optimum that numpy.linalg.lstsq gives on the encoded
+  rows, as fit() solves it.
 - the MLPs: pass e is epoch e, AdamW on mini-batches. Rows gather in a buffer of SHUFFLE_ROWS rows, which
   is shuffled (seeded per epoch and rank) and cut into batches; the rows left over go on to the next
   buffer. A pass is therefore shuffled only within windows of SHUFFLE_ROWS consecutive rows: data sorted
@@ -88,6 +89,7 @@ from model.conformal import Calibration, calibrate
 from model.distributed import Group
 from model.errors import DataError, shown
 from model.network import build_network, predict_mean
+from model.normal_equations import normal_equations
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Feature, Kind, Schema, canonical_category, infer_schema, is_missing, parse_number
@@ -637,12 +639,13 @@ class _Run:
             rows, _, _, _ = self._split(chunk, numbers)
             if not rows.n_rows:
                 continue
-            x = np.c_[self.preprocessor.encode(rows).astype(np.float64), np.ones(rows.n_rows)]
             # the scaled target in float64, not encode_target()'s float32: the solve is exact
             values = _target(rows, self.target, self.config.target_transform)
             y = ((np.log(values) if self.config.target_transform == "log" else values) - mean) / std
-            gram += x.T @ x
-            moment += x.T @ y
+            chunk_gram, chunk_moment = normal_equations(torch.from_numpy(self.preprocessor.encode(rows)),
+                                                        torch.from_numpy(y), self.preprocessor.one_hot_blocks)
+            gram += chunk_gram.numpy()
+            moment += chunk_moment.numpy()
             self.stopper.between_chunks(Position(0))
         self.stopper.agree(Position(0))
         sums = self.group.sum(np.concatenate([gram.ravel(), moment]))

@@ -46,7 +46,7 @@ import importlib.metadata
 import logging
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +62,7 @@ from model.conformal import calibrate
 from model.distributed import Group
 from model.errors import DataError
 from model.network import build_network, predict_mean
+from model.normal_equations import normal_equations
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Schema
@@ -124,8 +125,8 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     validation_total = int(group.sum(np.array([len(x_val)]))[0])
 
     linear = not config.hidden_layers
-    steps: _Steps = (_LeastSquaresSteps(network, x_train, y_train, group, held) if linear else
-                     _AdamWSteps(network, x_train, y_train, config, group, held))
+    steps: _Steps = (_LeastSquaresSteps(network, x_train, y_train, preprocessor.one_hot_blocks, group, held)
+                     if linear else _AdamWSteps(network, x_train, y_train, config, group, held))
     if checkpointing is not None and group.distributed:
         checkpointing = _shared_checkpointing(checkpointing, group)
     checkpointer = Checkpointer(checkpointing, lambda: Identity(
@@ -183,13 +184,18 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     # explanations' baseline: the mean encoded training row (numerics 0, one-hots at the level frequencies)
     regressor = Regressor(preprocessor, network, config,
                           baseline=tuple(_column_means(x_train, group).tolist()))
+    # The training and validation rows are encoded already: their predictions come from x_train and x_val,
+    # the bits regressor.predict() gives for the same rows (it encodes them the same way first).
+    predicted = {"train": regressor.predict_encoded(x_train.cpu().numpy()),
+                 "validation": regressor.predict_encoded(x_val.cpu().numpy())}
     # split conformal: the validation rows did not fit the weights, so their residuals calibrate intervals
-    predicted = regressor.predict(validation_rows.select(regressor.feature_names))
-    gathered = group.gather((predicted, val_truth))
+    gathered = group.gather((predicted["validation"], val_truth))
     regressor.calibration = calibrate(np.concatenate([p for p, _ in gathered]),
                                       np.concatenate([t for _, t in gathered]), config.target_transform)
-    splits = {"train": train_rows, "validation": validation_rows, **({"test": test} if test else {})}
-    metrics = {name: evaluate(regressor, table, group) for name, table in splits.items()}
+    metrics = {"train": scores(target_values(train_rows, schema.target), predicted["train"], group),
+               "validation": scores(val_truth, predicted["validation"], group)}
+    if test is not None:
+        metrics["test"] = evaluate(regressor, test, group)
     training_rows = train.n_rows if replicated else int(group.sum(np.array([train.n_rows]))[0])
     regressor.info.update(_provenance(train, training_rows, schema, metrics, progress.best_epoch, epoch))
     return FitResult(regressor, metrics, progress.best_epoch, epoch, history)
@@ -198,16 +204,20 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
 def evaluate(regressor: Regressor, table: Table, group: Group | None = None) -> dict[str, float]:
     """rmse, mae, mape (%) and r2 of the regressor on a table that holds the target column; with a group,
     of the rows of every rank's table together (each rank holds a part)."""
-    group = group or Group.single()
     truth = target_values(table, regressor.target)
-    predicted = regressor.predict(table.select(regressor.feature_names))   # drop_columns too
+    return scores(truth, regressor.predict(table.select(regressor.feature_names)), group)   # drop_columns too
+
+
+def scores(truth: np.ndarray, predicted: np.ndarray, group: Group | None = None) -> dict[str, float]:
+    """evaluate()'s metrics of predictions against the truth (with a group: this rank's part of the rows)."""
+    group = group or Group.single()
     if not group.distributed:
         error = predicted - truth
         total = float(((truth - truth.mean()) ** 2).sum())
         nonzero = truth != 0
         return {"rmse": _rmse(truth, predicted), "mae": float(np.abs(error).mean()),
                 "mape": float(np.abs(error[nonzero] / truth[nonzero]).mean() * 100) if nonzero.any() else 0.0,
-                "r2": 1 - float((error ** 2).sum()) / total if total > 0 else 0.0, "rows": float(table.n_rows)}
+                "r2": 1 - float((error ** 2).sum()) / total if total > 0 else 0.0, "rows": float(len(truth))}
     rows, truth_sum = group.sum(np.array([len(truth), truth.sum()]))
     error = predicted - truth
     nonzero = truth != 0
@@ -327,18 +337,23 @@ class _NoOptimizer:
 
 class _LeastSquaresSteps:
     """The linear model solved in one step: the normal equations A^T A w = A^T y of the encoded rows with a
-    bias column, summed in float64 over row blocks (and over ranks: sums are all a rank contributes), then
-    solved by SVD for the minimum-norm solution (the one-hot columns of a categorical feature are collinear
-    with the bias, so A^T A is singular). The exact least-squares optimum, as numpy.linalg.lstsq gives it,
-    in one pass over the rows; no optimiser state, no batch order."""
+    bias column, summed in float64 over row blocks (model/normal_equations.py: between one-hot blocks they
+    are counts) and over ranks (sums are all a rank contributes), then solved by SVD for the minimum-norm
+    solution (the one-hot columns of a categorical feature are collinear with the bias, so A^T A is
+    singular). The exact least-squares optimum, as numpy.linalg.lstsq gives it, in one pass over the rows;
+    no optimiser state, no batch order."""
 
-    BLOCK_ROWS = 65_536   # rows converted to float64 at a time: A^T A stays small whatever the rows
+    # rows converted to float64 at a time: at most BLOCK_ROWS, and fewer for wide rows, so that a block
+    # holds at most BLOCK_VALUES values (64 MiB)
+    BLOCK_ROWS = 65_536
+    BLOCK_VALUES = 1 << 23
 
-    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, group: Group,
-                 share: _RowShare) -> None:
+    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, one_hot: Sequence[tuple[int, int]],
+                 group: Group, share: _RowShare) -> None:
         layer = next(module for module in network.modules() if isinstance(module, nn.Linear))
         self.optimizer = _NoOptimizer(len(list(network.parameters())))   # what a checkpoint records: nothing
         self._network, self._layer, self._x, self._y, self._group, self._share = network, layer, x, y, group, share
+        self._one_hot = one_hot
         self.converged = False
 
     def batch_order(self) -> torch.Tensor | None:
@@ -355,10 +370,12 @@ class _LeastSquaresSteps:
         columns = self._x.shape[1] + 1
         gram = torch.zeros(columns, columns, dtype=torch.float64, device=self._x.device)
         moment = torch.zeros(columns, dtype=torch.float64, device=self._x.device)
-        for start in range(0, len(self._x), self.BLOCK_ROWS):
-            block = self._design(start)
-            gram += block.T @ block
-            moment += block.T @ self._y[start:start + self.BLOCK_ROWS].double()
+        block_rows = max(1, min(self.BLOCK_ROWS, self.BLOCK_VALUES // columns))
+        for start in range(0, len(self._x), block_rows):
+            block_gram, block_moment = normal_equations(self._x[start:start + block_rows],
+                                                        self._y[start:start + block_rows], self._one_hot)
+            gram += block_gram
+            moment += block_moment
         self._group.sum_tensors_([gram, moment])
         if gram.device.type == "cpu":
             weights = torch.linalg.lstsq(gram, moment[:, None], driver="gelsd").solution[:, 0]
@@ -367,9 +384,9 @@ class _LeastSquaresSteps:
         with torch.no_grad():
             self._layer.weight.copy_(weights[:-1].to(self._layer.weight.dtype)[None, :])
             self._layer.bias.copy_(weights[-1:].to(self._layer.bias.dtype))
-            squared = sum(float(((self._layer(self._x[start:start + self.BLOCK_ROWS])[:, 0]
-                                  - self._y[start:start + self.BLOCK_ROWS]).double() ** 2).sum())
-                          for start in range(0, len(self._x), self.BLOCK_ROWS))
+            squared = sum(float(((self._layer(self._x[start:start + block_rows])[:, 0]
+                                  - self._y[start:start + block_rows]).double() ** 2).sum())
+                          for start in range(0, len(self._x), block_rows))
         self.converged = True
         return float(self._group.sum(np.array([squared]))[0]) / max(self._share.total, 1)
 
@@ -381,10 +398,6 @@ class _LeastSquaresSteps:
 
     def finish(self) -> None:
         pass
-
-    def _design(self, start: int) -> torch.Tensor:
-        block = self._x[start:start + self.BLOCK_ROWS].double()
-        return torch.cat([block, torch.ones(len(block), 1, dtype=torch.float64, device=block.device)], dim=1)
 
 
 class _AdamWSteps:
@@ -492,7 +505,7 @@ def share(table: Table, group: Group) -> Table:
 
 
 def _column_means(x: torch.Tensor, group: Group) -> np.ndarray:
-    sums = group.sum(np.concatenate([x.double().sum(dim=0).cpu().numpy(), [len(x)]]))
+    sums = group.sum(np.concatenate([x.sum(dim=0, dtype=torch.float64).cpu().numpy(), [len(x)]]))
     return np.asarray(sums[:-1] / sums[-1])
 
 

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from model.config import TrainingConfig
+from model.conformal import calibrate
 from model.preprocessing import target_values
 from model.table import Table
-from model.training import fit
+from model.training import evaluate, fit
 
 
 def _split(table: Table, seed: int, share: float = 0.2) -> tuple[Table, Table]:
@@ -70,3 +71,19 @@ def test_metrics_cover_every_split_in_target_units(small_cars: Table) -> None:
     assert result.metrics["test"]["rows"] == test.n_rows
     assert 300 < result.metrics["test"]["rmse"] < 5000       # euros, not scaled units
     assert result.metrics["train"]["rows"] + result.metrics["validation"]["rows"] == train.n_rows
+
+
+@pytest.mark.parametrize("hidden", [(), (8,)], ids=["linear", "mlp"])
+def test_the_metrics_and_intervals_are_those_of_the_fitted_model_on_each_split(small_cars: Table,
+                                                                                hidden: tuple[int, ...]) -> None:
+    """fit() scores the training and validation rows from the matrices it trained on; the numbers are
+    evaluate()'s on the same tables, and the intervals are calibrated on the validation predictions."""
+    development, test = _split(small_cars, seed=1)
+    train, validation = _split(development, seed=2)
+    config = TrainingConfig(hidden_layers=hidden, epochs=5, drop_columns=("Doors",))
+    result = fit(train, config, validation=validation, test=test)
+    regressor = result.regressor
+    for name, table in (("train", train), ("validation", validation), ("test", test)):
+        assert result.metrics[name] == evaluate(regressor, table)
+    predicted = regressor.predict(validation.select(regressor.feature_names))
+    assert regressor.calibration == calibrate(predicted, target_values(validation, "Price"), config.target_transform)
