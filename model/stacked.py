@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from model.network import Ensemble
+from model.onehot_rows import OneHotRows, first_layer, first_layer_gradient
 
 
 class StackedEnsemble:
@@ -141,14 +142,16 @@ class StackedEnsemble:
                     hidden = hidden * masks[k]
         return hidden.squeeze(1).T   # (members, 1, rows): a view, whose backward is a view too
 
-    def squared_error_gradient(self, inputs: torch.Tensor, targets: torch.Tensor, divisor: float) -> torch.Tensor:
+    def squared_error_gradient(self, inputs: torch.Tensor | OneHotRows, targets: torch.Tensor,
+                               divisor: float) -> torch.Tensor:
         """The training loss sum((outputs - targets)^2) / divisor over `inputs`' rows and all members, as a
         0-dim tensor, with `outputs` = self(inputs, training=True) (dropout masks drawn as it draws them);
         its gradient is written into `grad`, replacing what was there (no zero_grad needed). `targets` has
         shape (rows,); rows may be 0 (a rank holding none of a batch: zero loss, zero gradient). Neither
-        may require grad: nothing here is recorded by autograd (the flat buffer is no leaf of it)."""
-        rows = inputs.shape[0]
-        masks = self._dropout_masks(rows, inputs) if self.dropout > 0 else None
+        may require grad: nothing here is recorded by autograd (the flat buffer is no leaf of it). The
+        inputs may be compact rows (model/onehot_rows.py): the first layer's products then skip the zeros."""
+        rows = len(inputs)
+        masks = self._dropout_masks(rows, self.flat) if self.dropout > 0 else None
         work = self._workspace_views(rows)
         layer_inputs = self._forward_into(inputs, work.outputs, masks)
         error = work.outputs[-1].sub_(targets)   # (members, 1, rows)
@@ -168,39 +171,45 @@ class StackedEnsemble:
             upstream = _THRESHOLD_BACKWARD(upstream, layer_inputs[k], 0, grad_input=upstream)
         # the first layer's input is the rows themselves, the same for every member: one GEMM for all
         # members' (out, rows) x (rows, in), ~15% faster than the batched form with the rows expanded
-        units = self.members * self.shapes[0][0]
-        torch.mm(upstream.reshape(units, rows), inputs, out=self._weight_grads[0].view(units, inputs.shape[1]))
+        units, n_inputs = self.members * self.shapes[0][0], self.shapes[0][1]
+        if isinstance(inputs, OneHotRows):
+            first_layer_gradient(upstream.reshape(units, rows), inputs, self._weight_grads[0].view(units, n_inputs))
+        else:
+            torch.mm(upstream.reshape(units, rows), inputs, out=self._weight_grads[0].view(units, n_inputs))
         torch.sum(upstream, dim=2, keepdim=True, out=self._bias_grads[0])
         return loss
 
     @torch.no_grad()
-    def predict_mean(self, inputs: torch.Tensor) -> torch.Tensor:
+    def predict_mean(self, inputs: torch.Tensor | OneHotRows) -> torch.Tensor:
         """The members' mean output per row, (rows,): self(inputs, training=False).mean(dim=1), computed in
         blocks of PREDICT_BLOCK_ROWS rows in the reused workspace (the same numbers wherever the rows fit
         one block; to float rounding otherwise)."""
-        rows = inputs.shape[0]
-        means = torch.empty(rows, dtype=self.flat.dtype, device=inputs.device)
+        rows = len(inputs)
+        means = torch.empty(rows, dtype=self.flat.dtype, device=self.flat.device)
         for start in range(0, rows, self.PREDICT_BLOCK_ROWS):
             block = inputs[start:start + self.PREDICT_BLOCK_ROWS]
-            outputs = self._workspace_views(block.shape[0]).outputs
+            outputs = self._workspace_views(len(block)).outputs
             self._forward_into(block, outputs, None)
-            torch.mean(outputs[-1].squeeze(1).T, dim=1, out=means[start:start + block.shape[0]])
+            torch.mean(outputs[-1].squeeze(1).T, dim=1, out=means[start:start + len(block)])
         return means
 
     PREDICT_BLOCK_ROWS = 1024   # bounds the workspace a prediction needs (~8 MB for the default ensemble)
 
-    def _forward_into(self, inputs: torch.Tensor, outputs: list[torch.Tensor],
+    def _forward_into(self, inputs: torch.Tensor | OneHotRows, outputs: list[torch.Tensor],
                       masks: list[torch.Tensor] | None) -> list[torch.Tensor]:
         """__call__'s forward, each layer's output written into `outputs` (see _workspace_views); the
-        inputs of every layer, the first a view of `inputs`."""
-        hidden = inputs.T.expand(self.members, -1, -1)   # as __call__ lays it out
-        layer_inputs = [hidden]
+        inputs of every layer, where the first layer's is a placeholder (its backward reads `inputs`)."""
+        layer_inputs = [outputs[0]]
         last = len(self.shapes) - 1
         for k in range(last + 1):
             if k == 0:   # the same rows for every member: one GEMM of all members' rows of weights
-                units = self.members * self.shapes[0][0]
-                torch.addmm(self._bias_values[0].view(units, 1), self._weight_values[0].view(units, inputs.shape[1]),
-                            inputs.T, out=outputs[0].view(units, inputs.shape[0]))
+                units, n_inputs = self.members * self.shapes[0][0], self.shapes[0][1]
+                bias, weight = self._bias_values[0].view(units, 1), self._weight_values[0].view(units, n_inputs)
+                out = outputs[0].view(units, len(inputs))
+                if isinstance(inputs, OneHotRows):
+                    first_layer(weight, bias, inputs, out)
+                else:
+                    torch.addmm(bias, weight, inputs.T, out=out)
                 hidden = outputs[0]
             else:
                 hidden = torch.baddbmm(self._bias_values[k], self._weight_values[k], hidden, out=outputs[k])

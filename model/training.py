@@ -63,6 +63,7 @@ from model.distributed import Group
 from model.errors import DataError
 from model.network import build_network, predict_mean
 from model.normal_equations import normal_equations
+from model.onehot_rows import OneHotLayout, OneHotRows
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Schema
@@ -126,7 +127,8 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
 
     linear = not config.hidden_layers
     steps: _Steps = (_LeastSquaresSteps(network, x_train, y_train, preprocessor.one_hot_blocks, group, held)
-                     if linear else _AdamWSteps(network, x_train, y_train, config, group, held))
+                     if linear else
+                     _AdamWSteps(network, x_train, y_train, preprocessor.one_hot_blocks, config, group, held))
     if checkpointing is not None and group.distributed:
         checkpointing = _shared_checkpointing(checkpointing, group)
     checkpointer = Checkpointer(checkpointing, lambda: Identity(
@@ -244,7 +246,8 @@ def deterministic_algorithms(mode: bool) -> None:
         switch(mode, warn_only=True)
 
 
-def _member_loss(stacked: StackedEnsemble, batch: tuple[torch.Tensor, torch.Tensor], rows: int) -> torch.Tensor:
+def _member_loss(stacked: StackedEnsemble, batch: tuple[torch.Tensor | OneHotRows, torch.Tensor],
+                 rows: int) -> torch.Tensor:
     """The members' own squared errors on this rank's rows (x, y) of a batch, summed and divided by `rows`
     (the rows of the whole batch, over all ranks) and the members: summed over ranks it is the batch's mean.
     Each member learns alone, none leans on the others. The loss's gradient is written into stacked.grad,
@@ -404,14 +407,18 @@ class _AdamWSteps:
     """AdamW on shuffled mini-batches, one step per batch. The ensemble trains as one stacked computation
     (model/stacked.py: one batched matmul per layer for all members, all parameters and gradients in one
     flat buffer, one AdamW update for all of them) while the network's modules and state_dict stay as
-    they are."""
+    they are. Rows with many one-hot columns train compact on a CPU (model/onehot_rows.py): the first
+    layer's products skip their zeros."""
 
-    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig, group: Group,
-                 share: _RowShare) -> None:
+    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, one_hot: Sequence[tuple[int, int]],
+                 config: TrainingConfig, group: Group, share: _RowShare) -> None:
         self._stacked = StackedEnsemble.of(network)
         self.optimizer = FlatAdamW(self._stacked, lr=config.learning_rate, weight_decay=config.weight_decay)
         self._order = torch.Generator().manual_seed(config.seed)   # on the CPU: CPU and GPU runs see one order
-        self._x, self._y, self._batch_size = x, y, config.batch_size
+        self._layout = OneHotLayout.of(x.shape[1], one_hot, x.device)
+        self._x: torch.Tensor | OneHotRows = x if self._layout is None else self._layout.compact(x)
+        self._y, self._batch_size = y, config.batch_size
+        self._compacted: tuple[torch.Tensor, OneHotRows] | None = None   # the rows predict() was last given
         self._group, self._share = group, share
         self._batches: list[torch.Tensor] = []
         self.converged = False   # mini-batch training ends by early stopping or the epoch limit
@@ -431,8 +438,9 @@ class _AdamWSteps:
 
     def step(self, index: int) -> float:
         batch = self._batches[index]
-        rows = self._share.local(batch).to(self._x.device)
-        loss = _member_loss(self._stacked, (self._x.index_select(0, rows), self._y.index_select(0, rows)), len(batch))
+        rows = self._share.local(batch).to(self._y.device)
+        x = self._x.index_select(rows) if isinstance(self._x, OneHotRows) else self._x.index_select(0, rows)
+        loss = _member_loss(self._stacked, (x, self._y.index_select(0, rows)), len(batch))
         if self._group.distributed:
             # the gradients and the loss summed over ranks in one flat all-reduce: the whole batch's
             total = loss.reshape(1).clone()
@@ -447,7 +455,11 @@ class _AdamWSteps:
         return total / self._share.total
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self._stacked.predict_mean(x)
+        if self._layout is None:
+            return self._stacked.predict_mean(x)
+        if self._compacted is None or self._compacted[0] is not x:   # the validation rows, every epoch
+            self._compacted = (x, self._layout.compact(x))
+        return self._stacked.predict_mean(self._compacted[1])
 
     def finish(self) -> None:
         self._stacked.release()
