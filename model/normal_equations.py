@@ -12,8 +12,9 @@ a 2-core machine's time, the counts a few milliseconds. What remains, every colu
 columns and the bias, is one float64 product of (rows x columns) by (rows x (numeric + 1)).
 
 Counts are exact in float64, so the result is the dense product's up to the order in which the sums of
-the numeric products are rounded. Every operation here is deterministic on a GPU too (bincount without
-weights counts integers), and works on the device the rows are on.
+the numeric products are rounded. For dense rows every operation here is deterministic on a GPU too
+(bincount without weights counts integers) and runs on the rows' device; compact rows (model/onehot_rows.py,
+CPU only) skip the zeros of the other products too, with index_add_.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from collections.abc import Sequence
 
 import torch
 
+from model.onehot_rows import OneHotRows
 
-def normal_equations(x: torch.Tensor, y: torch.Tensor,
+
+def normal_equations(x: torch.Tensor | OneHotRows, y: torch.Tensor,
                      one_hot: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(A^T A, A^T y) in float64, A = [x | 1] for x (rows, columns) and y (rows,). `one_hot` lists x's
     one-hot blocks as (first column, width), each block holding exactly one 1 per row
-    (Preprocessor.one_hot_blocks); without blocks this is the dense product."""
+    (Preprocessor.one_hot_blocks); without blocks this is the dense product. Compact rows
+    (model/onehot_rows.py) carry their blocks in their layout, and `one_hot` is not read."""
+    if isinstance(x, OneHotRows):
+        return _compact(x, y)
     rows, columns = x.shape
     a = torch.empty(rows, columns + 1, dtype=torch.float64, device=x.device)
     a[:, :columns] = x
@@ -44,7 +50,38 @@ def normal_equations(x: torch.Tensor, y: torch.Tensor,
     gram[:, dense] = against_dense
     gram[dense, :] = against_dense.T
     # each row's level in each block: its one 1 is the block's largest value
-    codes = [a[:, start:start + width].argmax(dim=1) for start, width in one_hot]
+    _count_levels(gram, [a[:, start:start + width].argmax(dim=1) for start, width in one_hot], one_hot)
+    return gram, moment
+
+
+def _compact(rows: OneHotRows, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """normal_equations of compact rows (on the CPU, as OneHotLayout makes them): the dense columns' and
+    the bias's products as a product, their sums per level with index_add_ (in index order on a CPU),
+    and the counts."""
+    layout, count, blocks = rows.layout, len(rows), rows.hot.shape[1]
+    columns = layout.n_inputs
+    d = torch.empty(count, len(layout.dense_columns) + 1, dtype=torch.float64)
+    d[:, :-1] = rows.dense
+    d[:, -1] = 1.0
+    dense = torch.cat([layout.dense_columns, torch.tensor([columns])])   # the bias is the last column
+    hot = rows.hot.T.reshape(-1)   # block by block, as repeat() lays out the rows' values
+    y = y.double()
+    against_dense = torch.zeros(columns + 1, len(dense), dtype=torch.float64)
+    against_dense[dense] = d.T @ d
+    against_dense.index_add_(0, hot, d.repeat(blocks, 1))
+    gram = torch.empty(columns + 1, columns + 1, dtype=torch.float64)
+    gram[:, dense] = against_dense
+    gram[dense, :] = against_dense.T
+    _count_levels(gram, [rows.hot[:, j] - start for j, (start, _) in enumerate(layout.blocks)], layout.blocks)
+    moment = torch.zeros(columns + 1, dtype=torch.float64)
+    moment[dense] = d.T @ y
+    moment.index_add_(0, hot, y.repeat(blocks))
+    return gram, moment
+
+
+def _count_levels(gram: torch.Tensor, codes: list[torch.Tensor], one_hot: Sequence[tuple[int, int]]) -> None:
+    """Writes the blocks' entries of gram: for blocks j and k, how many rows have level a in j and b in k,
+    from each row's level `codes` per block."""
     for j, (start_j, width_j) in enumerate(one_hot):
         for k in range(j, len(one_hot)):
             start_k, width_k = one_hot[k]
@@ -52,4 +89,3 @@ def normal_equations(x: torch.Tensor, y: torch.Tensor,
             block = counts.reshape(width_j, width_k).to(torch.float64)
             gram[start_j:start_j + width_j, start_k:start_k + width_k] = block
             gram[start_k:start_k + width_k, start_j:start_j + width_j] = block.T
-    return gram, moment

@@ -1,18 +1,22 @@
 """Encoded rows kept with their one-hot blocks as column numbers, and a first layer's products with them.
 
     layout = OneHotLayout.of(preprocessor.n_inputs, preprocessor.one_hot_blocks, device)   # or None
-    rows = layout.compact(x)                      # x: (rows, n_inputs), as Preprocessor.encode makes it
+    rows = OneHotRows(layout, *map(torch.from_numpy, preprocessor.encode_compact(table)))
+    rows = layout.compact(x)                      # the same, from x = preprocessor.encode(table)
     first_layer(weight, bias, rows, out)          # out = weight @ x.T + bias: (units, rows)
     first_layer_gradient(upstream, rows, out)     # out = upstream @ x: (units, n_inputs)
 
 A categorical feature with many levels (postcodes, product codes) makes an encoded row mostly zeros: on
-LaptopSales, 1,724 of its 1,735 columns are one-hot, with one 1 per block in each row. A dense first layer
+LaptopSales, 1,724 of its 1,735 columns are one-hot, with one 1 per block in each row. As a dense float32
+matrix its 227k training rows take 1.6 GB (~100 times the text of its CSV), and a dense first layer
 multiplies every column, for every unit and row, forward and backward: half of the 20 s an MLP took to fit
 there. Kept compact, as the values of the other ("dense") columns and the column of each block's 1, the
-forward is the dense columns' product plus, per block, the weight column of the row's 1 (a gather), and the
-weight gradient is the dense columns' product plus, per block, the row's upstream gradient added into the
-column of its 1 (index_add_). These are the dense product's sums without their zero terms: equal to it to
-float rounding.
+rows take a few bytes per feature; the forward is the dense columns' product plus, per block, the weight
+column of the row's 1 (a gather), and the weight gradient is the dense columns' product plus, per block,
+the row's upstream gradient added into the column of its 1 (index_add_). These are the dense product's
+sums without their zero terms: equal to it to float rounding. fit() builds compact rows straight from the
+table (Preprocessor.encode_compact), and the linear model's normal equations take them too
+(model/normal_equations.py).
 
 On a GPU index_add_ adds with atomics, in no fixed order, and a seed would no longer give one model bit for
 bit; there the dense product is fast anyway. So OneHotLayout.of gives a layout on the CPU only, and only
@@ -79,6 +83,12 @@ class OneHotRows:
 
     def index_select(self, rows: torch.Tensor) -> OneHotRows:
         return OneHotRows(self.layout, self.dense.index_select(0, rows), self.hot.index_select(0, rows))
+
+    def column_sums(self) -> torch.Tensor:
+        """The sums of the encoded matrix's columns, float64, (n_inputs,): a one-hot column's is a count."""
+        sums = torch.zeros(self.layout.n_inputs, dtype=torch.float64)
+        sums[self.layout.dense_columns] = self.dense.sum(dim=0, dtype=torch.float64)
+        return sums + torch.bincount(self.hot.reshape(-1), minlength=self.layout.n_inputs)
 
     def expand(self) -> torch.Tensor:
         """The dense (rows, n_inputs) matrix these rows stand for."""

@@ -67,11 +67,24 @@ class Preprocessor:
                 out[:, plan.numeric_positions] = self._scaled_numbers(table, plan)
         every_row = np.arange(rows)
         for name, position, index in plan.categorical:
-            column = table.columns[name]
-            memo = {cell: _slot(cell, index) for cell in dict.fromkeys(column.tolist())}
-            slots = np.fromiter(map(memo.__getitem__, column.tolist()), dtype=np.int64, count=rows)
-            out[every_row, position + slots] = 1.0
+            out[every_row, position + _slots(table.columns[name], index)] = 1.0
         return out
+
+    def encode_compact(self, table: Table) -> tuple[np.ndarray, np.ndarray]:
+        """encode's matrix in two parts, for rows that keep their one-hot blocks as column numbers
+        (model/onehot_rows.py): the numeric columns' values, (rows, numeric features) float32, and per
+        categorical feature the column of the row's 1, (rows, categorical features) int64. The same values
+        as encode's, and the same errors."""
+        plan = self._encoding
+        rows = table.n_rows
+        numbers = np.zeros((rows, len(plan.numeric_names)), dtype=np.float32)
+        if plan.numeric_names:
+            with np.errstate(over="ignore"):   # as in encode
+                numbers[:] = self._scaled_numbers(table, plan)
+        hot = np.empty((rows, len(plan.categorical)), dtype=np.int64)
+        for j, (name, position, index) in enumerate(plan.categorical):
+            hot[:, j] = position + _slots(table.columns[name], index)
+        return numbers, hot
 
     def encode_row(self, cells: Sequence[Cell]) -> list[float] | None:
         """What `encode` makes of a one-row table holding `cells` (one per feature, in schema order): a list
@@ -204,6 +217,12 @@ class _EncodingPlan:
     categorical: tuple[tuple[str, int, dict[str, int]], ...]
     numeric_cells: tuple[tuple[int, int, float, float], ...]
     exact_levels: tuple[tuple[int, int, dict[str, int]], ...]
+
+
+def _slots(column: np.ndarray, index: dict[str, int]) -> np.ndarray:
+    """Every cell's slot; each distinct cell is looked up once, so a row costs only a dict lookup."""
+    memo = {cell: _slot(cell, index) for cell in dict.fromkeys(column.tolist())}
+    return np.fromiter(map(memo.__getitem__, column.tolist()), dtype=np.int64, count=len(column))
 
 
 def _slot(cell: Any, index: dict[str, int]) -> int:

@@ -61,9 +61,9 @@ from model.config import TrainingConfig
 from model.conformal import calibrate
 from model.distributed import Group
 from model.errors import DataError
-from model.network import build_network, predict_mean
+from model.network import FusedEnsemble, build_network, predict_mean
 from model.normal_equations import normal_equations
-from model.onehot_rows import OneHotLayout, OneHotRows
+from model.onehot_rows import OneHotLayout, OneHotRows, first_layer
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Schema
@@ -119,8 +119,10 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     preprocessor = agreed_preprocessor(train_rows, schema, config.target_transform, group)
     network = build_network(preprocessor.n_inputs, config.hidden_layers, config.dropout,
                             config.ensemble_size).to(device)
-    x_train, y_train = group.agree(lambda: _tensors(preprocessor, train_rows, device))
-    x_val, y_val = group.agree(lambda: _tensors(preprocessor, validation_rows, device))
+    # rows with many one-hot columns stay compact on a CPU (model/onehot_rows.py): no dense matrix at all
+    layout = OneHotLayout.of(preprocessor.n_inputs, preprocessor.one_hot_blocks, device)
+    x_train, y_train = group.agree(lambda: _tensors(preprocessor, train_rows, device, layout))
+    x_val, y_val = group.agree(lambda: _tensors(preprocessor, validation_rows, device, layout))
     val_truth = target_values(validation_rows, schema.target)
     held = _RowShare.of(len(x_train), group)
     validation_total = int(group.sum(np.array([len(x_val)]))[0])
@@ -128,7 +130,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
     linear = not config.hidden_layers
     steps: _Steps = (_LeastSquaresSteps(network, x_train, y_train, preprocessor.one_hot_blocks, group, held)
                      if linear else
-                     _AdamWSteps(network, x_train, y_train, preprocessor.one_hot_blocks, config, group, held))
+                     _AdamWSteps(network, x_train, y_train, config, group, held))
     if checkpointing is not None and group.distributed:
         checkpointing = _shared_checkpointing(checkpointing, group)
     checkpointer = Checkpointer(checkpointing, lambda: Identity(
@@ -188,8 +190,7 @@ def fit(train: Table, config: TrainingConfig, validation: Table | None = None, t
                           baseline=tuple(_column_means(x_train, group).tolist()))
     # The training and validation rows are encoded already: their predictions come from x_train and x_val,
     # the bits regressor.predict() gives for the same rows (it encodes them the same way first).
-    predicted = {"train": regressor.predict_encoded(x_train.cpu().numpy()),
-                 "validation": regressor.predict_encoded(x_val.cpu().numpy())}
+    predicted = {"train": _predictions(regressor, x_train), "validation": _predictions(regressor, x_val)}
     # split conformal: the validation rows did not fit the weights, so their residuals calibrate intervals
     gathered = group.gather((predicted["validation"], val_truth))
     regressor.calibration = calibrate(np.concatenate([p for p, _ in gathered]),
@@ -316,7 +317,7 @@ class _Steps(Protocol):
     def start_epoch(self) -> int: ...                        # draws the epoch's batches; their count
     def step(self, index: int) -> float: ...                 # one optimiser step; its row-weighted loss
     def epoch_loss(self, total: float) -> float: ...         # the epoch's mean training loss
-    def predict(self, x: torch.Tensor) -> torch.Tensor: ...  # the scaled predictions (rows,), eval mode
+    def predict(self, x: torch.Tensor | OneHotRows) -> torch.Tensor: ...   # scaled predictions (rows,), eval
     def finish(self) -> None: ...                            # training is over: the network is its own again
 
 
@@ -346,13 +347,13 @@ class _LeastSquaresSteps:
     singular). The exact least-squares optimum, as numpy.linalg.lstsq gives it, in one pass over the rows;
     no optimiser state, no batch order."""
 
-    # rows converted to float64 at a time: at most BLOCK_ROWS, and fewer for wide rows, so that a block
-    # holds at most BLOCK_VALUES values (64 MiB)
+    # rows converted to float64 at a time: at most BLOCK_ROWS, and fewer for wide dense rows, so that a
+    # block holds at most BLOCK_VALUES values (64 MiB)
     BLOCK_ROWS = 65_536
     BLOCK_VALUES = 1 << 23
 
-    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, one_hot: Sequence[tuple[int, int]],
-                 group: Group, share: _RowShare) -> None:
+    def __init__(self, network: nn.Module, x: torch.Tensor | OneHotRows, y: torch.Tensor,
+                 one_hot: Sequence[tuple[int, int]], group: Group, share: _RowShare) -> None:
         layer = next(module for module in network.modules() if isinstance(module, nn.Linear))
         self.optimizer = _NoOptimizer(len(list(network.parameters())))   # what a checkpoint records: nothing
         self._network, self._layer, self._x, self._y, self._group, self._share = network, layer, x, y, group, share
@@ -370,10 +371,11 @@ class _LeastSquaresSteps:
         return 1
 
     def step(self, index: int) -> float:
-        columns = self._x.shape[1] + 1
-        gram = torch.zeros(columns, columns, dtype=torch.float64, device=self._x.device)
-        moment = torch.zeros(columns, dtype=torch.float64, device=self._x.device)
-        block_rows = max(1, min(self.BLOCK_ROWS, self.BLOCK_VALUES // columns))
+        columns = self._layer.in_features + 1
+        gram = torch.zeros(columns, columns, dtype=torch.float64, device=self._y.device)
+        moment = torch.zeros(columns, dtype=torch.float64, device=self._y.device)
+        block_rows = self.BLOCK_ROWS if isinstance(self._x, OneHotRows) else \
+            max(1, min(self.BLOCK_ROWS, self.BLOCK_VALUES // columns))
         for start in range(0, len(self._x), block_rows):
             block_gram, block_moment = normal_equations(self._x[start:start + block_rows],
                                                         self._y[start:start + block_rows], self._one_hot)
@@ -387,7 +389,7 @@ class _LeastSquaresSteps:
         with torch.no_grad():
             self._layer.weight.copy_(weights[:-1].to(self._layer.weight.dtype)[None, :])
             self._layer.bias.copy_(weights[-1:].to(self._layer.bias.dtype))
-            squared = sum(float(((self._layer(self._x[start:start + block_rows])[:, 0]
+            squared = sum(float(((self._outputs(self._x[start:start + block_rows])
                                   - self._y[start:start + block_rows]).double() ** 2).sum())
                           for start in range(0, len(self._x), block_rows))
         self.converged = True
@@ -396,29 +398,35 @@ class _LeastSquaresSteps:
     def epoch_loss(self, total: float) -> float:
         return total
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return predict_mean(self._network.eval(), x)
+    def predict(self, x: torch.Tensor | OneHotRows) -> torch.Tensor:
+        self._network.eval()
+        return self._outputs(x) if isinstance(x, OneHotRows) else predict_mean(self._network, x)
 
     def finish(self) -> None:
         pass
+
+    def _outputs(self, x: torch.Tensor | OneHotRows) -> torch.Tensor:
+        """The linear layer's output for the rows, (rows,)."""
+        if isinstance(x, OneHotRows):
+            out = torch.empty(1, len(x), dtype=self._layer.weight.dtype)
+            return first_layer(self._layer.weight, self._layer.bias[:, None], x, out)[0]
+        outputs: torch.Tensor = self._layer(x)
+        return outputs[:, 0]
 
 
 class _AdamWSteps:
     """AdamW on shuffled mini-batches, one step per batch. The ensemble trains as one stacked computation
     (model/stacked.py: one batched matmul per layer for all members, all parameters and gradients in one
     flat buffer, one AdamW update for all of them) while the network's modules and state_dict stay as
-    they are. Rows with many one-hot columns train compact on a CPU (model/onehot_rows.py): the first
-    layer's products skip their zeros."""
+    they are. Compact rows (model/onehot_rows.py) train as dense ones do, the first layer's products
+    skipping their zeros."""
 
-    def __init__(self, network: nn.Module, x: torch.Tensor, y: torch.Tensor, one_hot: Sequence[tuple[int, int]],
-                 config: TrainingConfig, group: Group, share: _RowShare) -> None:
+    def __init__(self, network: nn.Module, x: torch.Tensor | OneHotRows, y: torch.Tensor, config: TrainingConfig,
+                 group: Group, share: _RowShare) -> None:
         self._stacked = StackedEnsemble.of(network)
         self.optimizer = FlatAdamW(self._stacked, lr=config.learning_rate, weight_decay=config.weight_decay)
         self._order = torch.Generator().manual_seed(config.seed)   # on the CPU: CPU and GPU runs see one order
-        self._layout = OneHotLayout.of(x.shape[1], one_hot, x.device)
-        self._x: torch.Tensor | OneHotRows = x if self._layout is None else self._layout.compact(x)
-        self._y, self._batch_size = y, config.batch_size
-        self._compacted: tuple[torch.Tensor, OneHotRows] | None = None   # the rows predict() was last given
+        self._x, self._y, self._batch_size = x, y, config.batch_size
         self._group, self._share = group, share
         self._batches: list[torch.Tensor] = []
         self.converged = False   # mini-batch training ends by early stopping or the epoch limit
@@ -454,12 +462,8 @@ class _AdamWSteps:
     def epoch_loss(self, total: float) -> float:
         return total / self._share.total
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        if self._layout is None:
-            return self._stacked.predict_mean(x)
-        if self._compacted is None or self._compacted[0] is not x:   # the validation rows, every epoch
-            self._compacted = (x, self._layout.compact(x))
-        return self._stacked.predict_mean(self._compacted[1])
+    def predict(self, x: torch.Tensor | OneHotRows) -> torch.Tensor:
+        return self._stacked.predict_mean(x)
 
     def finish(self) -> None:
         self._stacked.release()
@@ -516,8 +520,9 @@ def share(table: Table, group: Group) -> Table:
     return table.take(np.arange(bounds[group.rank], bounds[group.rank + 1]))
 
 
-def _column_means(x: torch.Tensor, group: Group) -> np.ndarray:
-    sums = group.sum(np.concatenate([x.sum(dim=0, dtype=torch.float64).cpu().numpy(), [len(x)]]))
+def _column_means(x: torch.Tensor | OneHotRows, group: Group) -> np.ndarray:
+    column_sums = x.column_sums() if isinstance(x, OneHotRows) else x.sum(dim=0, dtype=torch.float64)
+    sums = group.sum(np.concatenate([column_sums.cpu().numpy(), [len(x)]]))
     return np.asarray(sums[:-1] / sums[-1])
 
 
@@ -552,9 +557,31 @@ def _check_same_columns(train: Table, other: Table, name: str) -> None:
         raise DataError(f"the {name} data has no rows")
 
 
-def _tensors(preprocessor: Preprocessor, table: Table, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return (torch.from_numpy(preprocessor.encode(table)).to(device),
-            torch.from_numpy(preprocessor.encode_target(table)).to(device))
+def _tensors(preprocessor: Preprocessor, table: Table, device: torch.device,
+             layout: OneHotLayout | None) -> tuple[torch.Tensor | OneHotRows, torch.Tensor]:
+    """The table's encoded rows, compact with a layout (on the CPU), and its scaled target."""
+    if layout is None:
+        x: torch.Tensor | OneHotRows = torch.from_numpy(preprocessor.encode(table)).to(device)
+    else:
+        numbers, hot = preprocessor.encode_compact(table)
+        x = OneHotRows(layout, torch.from_numpy(numbers), torch.from_numpy(hot))
+    return x, torch.from_numpy(preprocessor.encode_target(table)).to(device)
+
+
+def _predictions(regressor: Regressor, x: torch.Tensor | OneHotRows) -> np.ndarray:
+    """regressor.predict_encoded of the rows: the same bits as regressor.predict() of their table. Compact
+    rows are expanded a chunk at a time; a chunk is a whole number of FusedEnsemble's blocks and none is
+    left with NUMPY_ROWS rows or fewer (predict_encoded takes another route for so few), so every block
+    holds the rows it holds in one call."""
+    if not isinstance(x, OneHotRows):
+        return regressor.predict_encoded(x.cpu().numpy())
+    chunk = FusedEnsemble.BLOCK_ROWS * 16
+    starts = list(range(0, len(x), chunk))
+    if len(starts) > 1 and len(x) - starts[-1] <= FusedEnsemble.NUMPY_ROWS:
+        starts.pop()   # the last few rows go with the chunk before them
+    ends = [*starts[1:], len(x)]
+    return np.concatenate([regressor.predict_encoded(x[start:end].expand().numpy())
+                           for start, end in zip(starts, ends, strict=True)])
 
 
 def _device(choice: str) -> torch.device:

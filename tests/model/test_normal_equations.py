@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model.normal_equations import normal_equations
+from model.onehot_rows import OneHotLayout
 from model.preprocessing import fit_preprocessor
 from model.schema import infer_schema
 from model.table import Table
@@ -49,6 +50,19 @@ def test_the_counted_products_equal_the_dense_ones(seen: bool) -> None:
                                dense_gram[start_j:start_j + width_j, start_k:start_k + width_k])
     if not seen:
         assert gram[blocks[1][0], blocks[1][0]] > 0   # the unknown postcode slot has rows
+    np.testing.assert_allclose(gram.numpy(), dense_gram.numpy(), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(moment.numpy(), dense_moment.numpy(), rtol=1e-12, atol=1e-9)
+
+
+def test_compact_rows_give_the_dense_products() -> None:
+    train = _table(3_000, 0, (5, 40))
+    preprocessor = fit_preprocessor(train, infer_schema(train, "price", ["postcode"]), "none")
+    rows = _table(2_000, 1, (8, 60))
+    x = torch.from_numpy(preprocessor.encode(rows))
+    y = torch.from_numpy(preprocessor.encode_target(rows))
+    compact = OneHotLayout.build(preprocessor.n_inputs, preprocessor.one_hot_blocks).compact(x)
+    gram, moment = normal_equations(compact, y, ())
+    dense_gram, dense_moment = _dense(x, y)
     np.testing.assert_allclose(gram.numpy(), dense_gram.numpy(), rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(moment.numpy(), dense_moment.numpy(), rtol=1e-12, atol=1e-9)
 
