@@ -144,16 +144,22 @@ def main() -> None:
         write_section(table)
 
 
+# the results of the Docker serving measurements, which --no-serving skips
+SERVING_PARTS = ("profile", "single_row", "past_the_proxy", "memory", "big_csv", "no_access_line", "cold_start",
+                 "images")
+
+
 def carry_over(results: dict[str, Any], previous_path: pathlib.Path) -> None:
-    """The MLflow and training parts of the previous run, when this run skipped them, so that a serving-only
-    run does not drop their tables; each is marked with the date and command it came from."""
+    """The serving, MLflow and training parts of the previous run, when this run skipped them, so that a
+    run of one part does not drop the others' tables; each is marked with the date and command it came
+    from."""
     try:
         previous = json.loads(previous_path.read_text())
     except (OSError, ValueError):
         return
-    for part in ("mlflow", "training"):
-        if part not in results and part in previous:
-            results[part] = previous[part]
+    for part, keys in (("serving", SERVING_PARTS), ("mlflow", ("mlflow",)), ("training", ("training",))):
+        if not any(key in results for key in keys) and any(key in previous for key in keys):
+            results.update({key: previous[key] for key in keys if key in previous})
             origin = previous.get("carried", {}).get(part) or f"{previous['date']}, `{previous['command']}`"
             results.setdefault("carried", {})[part] = origin
 
@@ -612,6 +618,8 @@ def render(results: dict[str, Any]) -> str:
              "runs made side by side with its floor in one run (min-max in brackets). Command:", "",
              "```bash", results["command"], "```", ""]
     if "single_row" in results:
+        if "serving" in results.get("carried", {}):
+            lines += [f"The Docker serving tables that follow{carried(results, 'serving')}.", ""]
         lines += serving_tables(results, spread)
     if "mlflow" in results:
         lines += ["", "### Single-row CSV against MLflow's pyfunc scoring server (both on the host, no Docker; "
@@ -707,7 +715,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
                 theirs_s, theirs_e = models["numpy.linalg.lstsq"]
                 say(ours_e <= theirs_e * 1.001 and ours_s <= theirs_s,
                     f"{data}: hyperplane linear {ours_s:.3g} s, RMSE {ours_e:.4f}; numpy.linalg.lstsq "
-                    f"{theirs_s:.3g} s, RMSE {theirs_e:.4f} ({ours_s / theirs_s:.0f}x the time for the same fit)")
+                    f"{theirs_s:.3g} s, RMSE {theirs_e:.4f} ({ours_s / theirs_s:.1f}x the time for the same fit)")
     return notes
 
 
