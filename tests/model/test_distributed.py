@@ -155,6 +155,27 @@ def test_two_ranks_linear_model_is_still_least_squares(split_cars: tuple[Table, 
     assert outcomes[0][1]["metrics"]["train"]["rmse"] == pytest.approx(single.metrics["train"]["rmse"], rel=1e-6)
 
 
+@pytest.mark.parametrize("hidden", [(16, 8), ()], ids=["mlp", "linear"])
+def test_two_ranks_of_compact_rows_learn_what_one_process_learns(hidden: tuple[int, ...]) -> None:
+    """A 300-level feature: the rows stay compact (model/onehot_rows.py) on each rank, and the two ranks
+    learn one process's model to float rounding."""
+    from tests.model.test_onehot_rows import _table
+
+    train = _table(3_000, 2)
+    config = TrainingConfig(target="price", categorical_columns=("postcode",), hidden_layers=hidden,
+                            ensemble_size=2, epochs=4, batch_size=128)
+    outcomes = _two_ranks({"whole": train}, config, replicated=True)
+    single = fit(train, config)
+    for rank in (0, 1):
+        kind, state = outcomes[rank]
+        assert kind == "ok"
+        for name, value in single.regressor.network.state_dict().items():
+            torch.testing.assert_close(state["state"][name], value, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(state["baseline"], single.regressor.baseline, rtol=1e-9, atol=1e-12)
+        for split in ("train", "validation"):
+            assert state["metrics"][split]["rmse"] == pytest.approx(single.metrics[split]["rmse"], rel=1e-4)
+
+
 def test_a_bad_value_on_one_rank_fails_both_with_its_row(split_cars: tuple[Table, Table]) -> None:
     train, _ = split_cars
     halves = _halves(train)
