@@ -90,6 +90,7 @@ from model.distributed import Group
 from model.errors import DataError, shown
 from model.network import build_network, predict_mean
 from model.normal_equations import normal_equations
+from model.onehot_rows import OneHotLayout, OneHotRows
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Feature, Kind, Schema, canonical_category, infer_schema, is_missing, parse_number
@@ -634,6 +635,9 @@ class _Run:
         """The least-squares weights from the normal equations, summed over the training rows and ranks."""
         width = self.preprocessor.n_inputs + 1
         gram, moment = np.zeros((width, width)), np.zeros(width)
+        # the sums are made on the CPU: many one-hot columns stay compact there (model/onehot_rows.py), and a
+        # chunk of 65,536 wide rows is never a dense float64 matrix
+        layout = OneHotLayout.of(self.preprocessor.n_inputs, self.preprocessor.one_hot_blocks, torch.device("cpu"))
         mean, std = self.preprocessor.target_scale
         for chunk, numbers in self.train.read():
             rows, _, _, _ = self._split(chunk, numbers)
@@ -642,8 +646,8 @@ class _Run:
             # the scaled target in float64, not encode_target()'s float32: the solve is exact
             values = _target(rows, self.target, self.config.target_transform)
             y = ((np.log(values) if self.config.target_transform == "log" else values) - mean) / std
-            chunk_gram, chunk_moment = normal_equations(torch.from_numpy(self.preprocessor.encode(rows)),
-                                                        torch.from_numpy(y), self.preprocessor.one_hot_blocks)
+            chunk_gram, chunk_moment = normal_equations(self._linear_rows(rows, layout), torch.from_numpy(y),
+                                                        self.preprocessor.one_hot_blocks)
             gram += chunk_gram.numpy()
             moment += chunk_moment.numpy()
             self.stopper.between_chunks(Position(0))
@@ -656,6 +660,12 @@ class _Run:
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(weights[:-1]).reshape(layer.weight.shape))
             layer.bias.copy_(torch.from_numpy(weights[-1:]))
+
+    def _linear_rows(self, table: Table, layout: OneHotLayout | None) -> torch.Tensor | OneHotRows:
+        if layout is None:
+            return torch.from_numpy(self.preprocessor.encode(table))
+        numbers, hot = self.preprocessor.encode_compact(table)
+        return OneHotRows(layout, torch.from_numpy(numbers), torch.from_numpy(hot))
 
     # -- the MLPs
 

@@ -4,14 +4,17 @@ squares solution, the MLP learns what fit() learns, bad cells fail by row, early
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from model import streaming
 from model.checkpointing import TrainingStopped
 from model.config import TrainingConfig
 from model.errors import DataError
+from model.onehot_rows import OneHotRows
 from model.preprocessing import Preprocessor, fit_preprocessor, target_values
 from model.schema import infer_schema
 from model.streaming import SAMPLE_ROWS, Passes, fit_streaming, held_out
@@ -112,6 +115,29 @@ def test_the_linear_model_is_the_exact_least_squares_solution(split_cars: tuple[
     # and at least as good on its training rows as fit()'s L-BFGS, which approaches the same optimum
     in_memory = fit(train, config, validation)
     assert regressor.info["metrics"]["train"]["rmse"] <= in_memory.metrics["train"]["rmse"] * (1 + 1e-4)
+
+
+def test_many_levels_are_summed_compact_to_the_in_memory_solution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 300-level feature: each chunk's sums come from compact rows (model/onehot_rows.py), never a dense
+    float64 chunk, and the weights are fit()'s least squares on the same rows."""
+    from tests.model.test_onehot_rows import _table
+
+    train, validation = _table(3_000, 2), _table(600, 3)
+    config = TrainingConfig(target="price", categorical_columns=("postcode",), hidden_layers=())
+    summed: list[type] = []
+    real = streaming.normal_equations
+
+    def recording(x: Any, y: torch.Tensor, blocks: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        summed.append(type(x))
+        return real(x, y, blocks)
+
+    monkeypatch.setattr(streaming, "normal_equations", recording)
+    streamed = fit_streaming(chunked(train, 700), config, validation=chunked(validation, 700)).result.regressor
+    assert summed == [OneHotRows] * 5
+    in_memory = fit(train, config, validation).regressor
+    ours, theirs = (np.r_[layer.weight.detach().double().numpy().ravel(), layer.bias.detach().double().numpy()]
+                    for layer in (streamed.network.members[0][0], in_memory.network.members[0][0]))
+    assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
 
 
 def test_the_result_does_not_depend_on_the_chunking(cars: Table) -> None:
