@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from model.onehot_rows import OneHotRows
+from model.onehot_rows import OneHotLayout, OneHotRows
 
 
 def normal_equations(x: torch.Tensor | OneHotRows, y: torch.Tensor,
@@ -41,10 +41,7 @@ def normal_equations(x: torch.Tensor | OneHotRows, y: torch.Tensor,
     moment = a.T @ y.double()
     if not one_hot:
         return a.T @ a, moment
-    in_a_block = torch.zeros(columns + 1, dtype=torch.bool)
-    for start, width in one_hot:
-        in_a_block[start:start + width] = True
-    dense = torch.nonzero(~in_a_block)[:, 0].to(x.device)   # the numeric columns and the bias
+    dense = _dense_and_bias(OneHotLayout.build(columns, one_hot)).to(x.device)
     gram = torch.empty(columns + 1, columns + 1, dtype=torch.float64, device=x.device)
     against_dense = a.T @ a[:, dense]
     gram[:, dense] = against_dense
@@ -63,7 +60,7 @@ def _compact(rows: OneHotRows, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     d = torch.empty(count, len(layout.dense_columns) + 1, dtype=torch.float64)
     d[:, :-1] = rows.dense
     d[:, -1] = 1.0
-    dense = torch.cat([layout.dense_columns, torch.tensor([columns])])   # the bias is the last column
+    dense = _dense_and_bias(layout)
     hot = rows.hot.T.reshape(-1)   # block by block, as repeat() lays out the rows' values
     y = y.double()
     against_dense = torch.zeros(columns + 1, len(dense), dtype=torch.float64)
@@ -77,6 +74,11 @@ def _compact(rows: OneHotRows, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     moment[dense] = d.T @ y
     moment.index_add_(0, hot, y.repeat(blocks))
     return gram, moment
+
+
+def _dense_and_bias(layout: OneHotLayout) -> torch.Tensor:
+    """The columns of A outside the one-hot blocks: the numeric ones, and the bias (A's last)."""
+    return torch.cat([layout.dense_columns, torch.tensor([layout.n_inputs])])
 
 
 def _count_levels(gram: torch.Tensor, codes: list[torch.Tensor], one_hot: Sequence[tuple[int, int]]) -> None:

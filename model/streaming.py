@@ -90,13 +90,13 @@ from model.distributed import Group
 from model.errors import DataError, shown
 from model.network import build_network, predict_mean
 from model.normal_equations import normal_equations
-from model.onehot_rows import OneHotLayout, OneHotRows
+from model.onehot_rows import OneHotLayout
 from model.preprocessing import Preprocessor, target_values
 from model.regressor import Regressor
 from model.schema import Feature, Kind, Schema, canonical_category, infer_schema, is_missing, parse_number
 from model.stacked import FlatAdamW, StackedEnsemble
 from model.table import Table
-from model.training import EpochReport, FitResult, deterministic_algorithms
+from model.training import EpochReport, FitResult, deterministic_algorithms, encoded_rows
 
 Passes = Callable[[int], Iterable[Table]]
 
@@ -646,8 +646,8 @@ class _Run:
             # the scaled target in float64, not encode_target()'s float32: the solve is exact
             values = _target(rows, self.target, self.config.target_transform)
             y = ((np.log(values) if self.config.target_transform == "log" else values) - mean) / std
-            chunk_gram, chunk_moment = normal_equations(self._linear_rows(rows, layout), torch.from_numpy(y),
-                                                        self.preprocessor.one_hot_blocks)
+            chunk_gram, chunk_moment = normal_equations(encoded_rows(self.preprocessor, rows, layout),
+                                                        torch.from_numpy(y), self.preprocessor.one_hot_blocks)
             gram += chunk_gram.numpy()
             moment += chunk_moment.numpy()
             self.stopper.between_chunks(Position(0))
@@ -660,12 +660,6 @@ class _Run:
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(weights[:-1]).reshape(layer.weight.shape))
             layer.bias.copy_(torch.from_numpy(weights[-1:]))
-
-    def _linear_rows(self, table: Table, layout: OneHotLayout | None) -> torch.Tensor | OneHotRows:
-        if layout is None:
-            return torch.from_numpy(self.preprocessor.encode(table))
-        numbers, hot = self.preprocessor.encode_compact(table)
-        return OneHotRows(layout, torch.from_numpy(numbers), torch.from_numpy(hot))
 
     # -- the MLPs
 

@@ -557,14 +557,21 @@ def _check_same_columns(train: Table, other: Table, name: str) -> None:
         raise DataError(f"the {name} data has no rows")
 
 
+def encoded_rows(preprocessor: Preprocessor, table: Table, layout: OneHotLayout | None) -> torch.Tensor | OneHotRows:
+    """The table's encoded rows on the CPU: compact with a layout (model/onehot_rows.py), else dense."""
+    if layout is None:
+        return torch.from_numpy(preprocessor.encode(table))
+    numbers, hot = preprocessor.encode_compact(table)
+    return OneHotRows(layout, torch.from_numpy(numbers), torch.from_numpy(hot))
+
+
 def _tensors(preprocessor: Preprocessor, table: Table, device: torch.device,
              layout: OneHotLayout | None) -> tuple[torch.Tensor | OneHotRows, torch.Tensor]:
-    """The table's encoded rows, compact with a layout (on the CPU), and its scaled target."""
-    if layout is None:
-        x: torch.Tensor | OneHotRows = torch.from_numpy(preprocessor.encode(table)).to(device)
-    else:
-        numbers, hot = preprocessor.encode_compact(table)
-        x = OneHotRows(layout, torch.from_numpy(numbers), torch.from_numpy(hot))
+    """The table's encoded rows, on `device` (compact ones stay on the CPU, as layouts are made only there),
+    and its scaled target."""
+    x = encoded_rows(preprocessor, table, layout)
+    if isinstance(x, torch.Tensor):
+        x = x.to(device)
     return x, torch.from_numpy(preprocessor.encode_target(table)).to(device)
 
 
